@@ -1,0 +1,121 @@
+"""Input checking shared by every flow.
+
+All user-facing arrays go through these functions before they reach a
+kernel.  They convert any real array-like to a C-contiguous array of the
+flow's dtype (copying only when needed; kernels never write to their inputs)
+and raise ``TypeError`` for a non-real dtype and ``ValueError`` for a wrong
+shape, each message naming what was expected.
+"""
+
+import numbers
+import operator
+
+import numpy as np
+
+_REAL_KINDS = "biuf"  # bool, signed and unsigned integers, floats
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype):
+    """Return ``dtype`` as a NumPy dtype, which must be float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dt}")
+    return dt
+
+
+def check_positive_int(value, name, minimum=1):
+    """Return ``value`` as an int ``>= minimum``; booleans and floats are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    value = operator.index(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def as_real_array(a, name, dtype):
+    """Any real array-like as a NumPy array of ``dtype`` (no shape check)."""
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} must be a real array of numbers; could not convert it: {exc}") from None
+    if arr.dtype.kind not in _REAL_KINDS:
+        raise TypeError(f"{name} must be a real numeric array (converted to {dtype}); "
+                        f"got dtype {arr.dtype}")
+    return arr
+
+
+def as_points(a, name, dim, dtype):
+    """Validate a batch of points.
+
+    Returns ``(arr, single)`` where ``arr`` is a C-contiguous ``(N, dim)``
+    array of ``dtype`` and ``single`` tells whether the input was one point of
+    shape ``(dim,)``.
+    """
+    arr = as_real_array(a, name, dtype)
+    if arr.ndim == 1 and arr.shape[0] == dim:
+        return np.ascontiguousarray(arr[None, :], dtype=dtype), True
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (N, {dim}) or ({dim},), got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype), False
+
+
+def as_grad_log_det(g, n, dtype, single):
+    """Validate ``grad_log_det``: a scalar or an ``(N,)`` array (``()`` for one point).
+
+    ``None`` stands for zero.  Returns a C-contiguous ``(N,)`` array.
+    """
+    if g is None:
+        return np.zeros(n, dtype=dtype)
+    arr = as_real_array(g, "grad_log_det", dtype)
+    if arr.ndim == 0 or (arr.shape == (n,) and not single):
+        return np.ascontiguousarray(np.broadcast_to(arr, (n,)), dtype=dtype)
+    expected = "()" if single else f"({n},) or ()"
+    raise ValueError(f"grad_log_det must have shape {expected}, got shape {arr.shape}")
+
+
+def as_cotangent(g, name, shape, dtype):
+    """Validate a gradient with respect to points; ``None`` stands for zero."""
+    if g is None:
+        return np.zeros(shape, dtype=dtype)
+    arr = as_real_array(g, name, dtype)
+    if arr.ndim == 1 and shape[0] == 1 and arr.shape == shape[1:]:
+        arr = arr[None, :]
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have the shape of the points, {shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_out(out, shapes, dtype):
+    """Validate the ``out=`` tuple of preallocated result arrays.
+
+    Each array must be a NumPy array of ``dtype``, C-contiguous, writable and
+    of the expected shape; the tuple is returned.  ``None`` allocates fresh
+    arrays.
+    """
+    if out is None:
+        return tuple(np.empty(s, dtype=dtype) for s in shapes)
+    if not isinstance(out, tuple) or len(out) != len(shapes):
+        raise TypeError(f"out must be a tuple of {len(shapes)} arrays")
+    for k, (arr, shape) in enumerate(zip(out, shapes)):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"out[{k}] must be a numpy.ndarray, got {type(arr).__name__}")
+        if arr.dtype != dtype or arr.shape != tuple(shape):
+            raise ValueError(f"out[{k}] must be a {dtype} array of shape {tuple(shape)}, "
+                             f"got {arr.dtype} {arr.shape}")
+        if not (arr.flags.c_contiguous and arr.flags.writeable):
+            raise ValueError(f"out[{k}] must be C-contiguous and writable")
+    return out
+
+
+def check_rng(rng):
+    """A ``numpy.random.Generator`` from ``None``, an int seed or a Generator."""
+    if rng is None or isinstance(rng, np.random.Generator):
+        return np.random.default_rng(rng)
+    if isinstance(rng, (numbers.Integral, np.random.SeedSequence)) and not isinstance(rng, bool):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be None, an int seed or a numpy.random.Generator, got {type(rng).__name__}")

@@ -1,0 +1,280 @@
+"""The ``Flow`` base class: validation, batching and the distribution methods.
+
+A concrete flow supplies four kernels working on validated, C-contiguous
+``(N, dim)`` arrays of its dtype, writing into preallocated outputs:
+
+``_forward(z, x, log_det)``
+``_inverse(x, z, log_det)``
+``_backward(z, grad_x, grad_log_det, grad_z, grad_params)``
+``_inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)``
+
+and ``_config()``, the constructor arguments that rebuild it (used by
+``pyflowcore.save``).  Everything a user calls -- conversion of array-likes,
+single points, ``out=`` arrays, the standard-normal base distribution --
+lives here once.
+"""
+
+import math
+
+import numpy as np
+
+from pyflowcore._validation import (
+    as_cotangent, as_grad_log_det, as_points, as_real_array, check_dtype, check_out,
+    check_positive_int, check_rng)
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class Flow:
+    """A bijection ``x = f(z)`` of ``R^dim`` with a tractable log-determinant.
+
+    Parameters
+    ----------
+    dim : int
+        Dimension of the points.
+    num_params : int
+        Length of the flat parameter vector.
+    dtype : {"float64", "float32"}
+        Floating type of the parameters and of every result.
+
+    Attributes
+    ----------
+    dim : int
+    dtype : numpy.dtype
+    num_params : int
+    params : ndarray of shape (num_params,)
+        The raw parameters, writable in place (see ``set_params``).
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+
+    Notes
+    -----
+    With ``z ~ N(0, I)`` and ``x = f(z)``, the density of ``x`` is
+
+    ``log p(x) = -||z||^2 / 2 - dim/2 log(2 pi) - log|det df/dz|``.
+
+    Every method accepts a batch ``(N, dim)`` or one point ``(dim,)`` and
+    returns results of the matching shape.  Methods are safe to call from
+    several threads at once; the kernels release the GIL.
+    """
+
+    device = "cpu"
+
+    def __init__(self, dim, num_params, dtype="float64"):
+        self.dim = check_positive_int(dim, "dim")
+        self.dtype = check_dtype(dtype)
+        self._params = np.zeros(num_params, dtype=self.dtype)
+
+    # -- parameters ---------------------------------------------------------
+    @property
+    def num_params(self):
+        """Length of the flat parameter vector."""
+        return self._params.shape[0]
+
+    @property
+    def params(self):
+        """The flat parameter vector (a writable view; in a ``Chain``, a view
+        into the chain's vector)."""
+        return self._params
+
+    @params.setter
+    def params(self, theta):
+        self.set_params(theta)
+
+    def set_params(self, theta):
+        """Copy ``theta`` (shape ``(num_params,)``) into the parameters, in place.
+
+        Returns
+        -------
+        self
+        """
+        arr = as_real_array(theta, "theta", self.dtype)
+        if arr.shape != (self.num_params,):
+            raise ValueError(f"theta must have shape ({self.num_params},), got shape {arr.shape}")
+        self._params[...] = arr
+        return self
+
+    # -- the four maps ------------------------------------------------------
+    def forward(self, z, *, out=None):
+        """Map base points to ``x = f(z)``.
+
+        Parameters
+        ----------
+        z : array_like of shape (N, dim) or (dim,)
+        out : tuple of ndarray (x, log_det), optional
+            Preallocated C-contiguous results of the flow's dtype.
+
+        Returns
+        -------
+        x : ndarray of shape (N, dim) or (dim,)
+        log_det : ndarray of shape (N,) or ()
+            ``log|det df/dz|`` at ``z``.
+        """
+        z, single = as_points(z, "z", self.dim, self.dtype)
+        x, log_det = self._outputs(out, single, z.shape[0])
+        self._forward(z, x, log_det)
+        return self._result(single, x, log_det)
+
+    def inverse(self, x, *, out=None):
+        """Map points back to the base, ``z = f^{-1}(x)``.
+
+        Parameters
+        ----------
+        x : array_like of shape (N, dim) or (dim,)
+        out : tuple of ndarray (z, log_det_inv), optional
+
+        Returns
+        -------
+        z : ndarray of shape (N, dim) or (dim,)
+        log_det_inv : ndarray of shape (N,) or ()
+            ``log|det df^{-1}/dx| = -log|det df/dz|`` at ``z = f^{-1}(x)``.
+        """
+        x, single = as_points(x, "x", self.dim, self.dtype)
+        z, log_det = self._outputs(out, single, x.shape[0])
+        self._inverse(x, z, log_det)
+        return self._result(single, z, log_det)
+
+    def backward(self, z, grad_x, grad_log_det, *, out=None):
+        """Vector-Jacobian product of ``z -> (x, log_det)``.
+
+        For a scalar loss ``L(x, log_det)``, given ``grad_x = dL/dx`` and
+        ``grad_log_det = dL/dlog_det``, returns ``dL/dz`` and ``dL/dparams``.
+
+        Parameters
+        ----------
+        z : array_like of shape (N, dim) or (dim,)
+        grad_x : array_like of the shape of ``z``, or None (zero)
+        grad_log_det : array_like of shape (N,) or a scalar, or None (zero)
+        out : tuple of ndarray (grad_z, grad_params), optional
+
+        Returns
+        -------
+        grad_z : ndarray of the shape of ``z``
+        grad_params : ndarray of shape (num_params,)
+            Summed over the batch.
+        """
+        z, single = as_points(z, "z", self.dim, self.dtype)
+        grad_x = as_cotangent(grad_x, "grad_x", z.shape, self.dtype)
+        grad_log_det = as_grad_log_det(grad_log_det, z.shape[0], self.dtype, single)
+        grad_z, grad_params = self._grad_outputs(out, single, z.shape[0])
+        self._backward(z, grad_x, grad_log_det, grad_z, grad_params)
+        return (grad_z[0] if single else grad_z), grad_params
+
+    def inverse_backward(self, x, grad_z, grad_log_det, *, out=None):
+        """Vector-Jacobian product of ``x -> (z, log_det_inv)``.
+
+        Parameters
+        ----------
+        x : array_like of shape (N, dim) or (dim,)
+        grad_z : array_like of the shape of ``x``, or None (zero)
+        grad_log_det : array_like of shape (N,) or a scalar, or None (zero)
+            Gradient with respect to ``log_det_inv``.
+        out : tuple of ndarray (grad_x, grad_params), optional
+
+        Returns
+        -------
+        grad_x : ndarray of the shape of ``x``
+        grad_params : ndarray of shape (num_params,)
+            Summed over the batch.
+        """
+        x, single = as_points(x, "x", self.dim, self.dtype)
+        grad_z = as_cotangent(grad_z, "grad_z", x.shape, self.dtype)
+        grad_log_det = as_grad_log_det(grad_log_det, x.shape[0], self.dtype, single)
+        grad_x, grad_params = self._grad_outputs(out, single, x.shape[0])
+        self._inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)
+        return (grad_x[0] if single else grad_x), grad_params
+
+    # -- the distribution ---------------------------------------------------
+    def base_log_prob(self, z):
+        """Standard-normal log-density ``-||z||^2/2 - dim/2 log(2 pi)`` of base points."""
+        z = np.asarray(z)
+        return -0.5 * np.einsum("...i,...i->...", z, z) - self.dim * self.dtype.type(_HALF_LOG_2PI)
+
+    def log_prob(self, x):
+        """Log-density of ``x`` when ``z ~ N(0, I_dim)`` and ``x = f(z)``.
+
+        ``log p(x) = log N(f^{-1}(x); 0, I) + log|det df^{-1}/dx|``.
+
+        Returns
+        -------
+        ndarray of shape (N,) or ()
+        """
+        z, log_det_inv = self.inverse(x)
+        return self.base_log_prob(z) + log_det_inv
+
+    def sample(self, n, rng=None):
+        """Draw ``n`` points ``x = f(z)``, ``z ~ N(0, I)``.
+
+        Parameters
+        ----------
+        n : int
+        rng : None, int or numpy.random.Generator
+
+        Returns
+        -------
+        ndarray of shape (n, dim)
+        """
+        return self.sample_and_log_prob(n, rng)[0]
+
+    def sample_and_log_prob(self, n, rng=None):
+        """Draw ``n`` points and their log-density from one forward pass.
+
+        ``log p(x) = log N(z; 0, I) - log|det df/dz|``; no inverse is needed.
+
+        Returns
+        -------
+        x : ndarray of shape (n, dim)
+        log_prob : ndarray of shape (n,)
+        """
+        n = check_positive_int(n, "n", minimum=0)
+        z = check_rng(rng).standard_normal((n, self.dim), dtype=self.dtype)
+        x, log_det = self.forward(z)
+        return x, self.base_log_prob(z) - log_det
+
+    # -- devices and persistence -------------------------------------------
+    def to(self, device):
+        """The flow with its parameters on ``device`` (``"cpu"`` or ``"cuda"``)."""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == self.device:
+            return self
+        from pyflowcore._device import move_flow
+        return move_flow(self, device)
+
+    def _config(self):
+        """Constructor keyword arguments that rebuild this flow."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- helpers ------------------------------------------------------------
+    def _outputs(self, out, single, n):
+        if single and out is not None:
+            out = check_out(out, [(self.dim,), ()], self.dtype)
+            return out[0].reshape(1, self.dim), out[1].reshape(1)
+        return check_out(out, [(n, self.dim), (n,)], self.dtype)
+
+    def _grad_outputs(self, out, single, n):
+        if single and out is not None:
+            out = check_out(out, [(self.dim,), (self.num_params,)], self.dtype)
+            return out[0].reshape(1, self.dim), out[1]
+        return check_out(out, [(n, self.dim), (self.num_params,)], self.dtype)
+
+    @staticmethod
+    def _result(single, points, log_det):
+        if single:
+            return points[0], log_det.reshape(())
+        return points, log_det
+
+
+def glorot_uniform(rng, shape, fan_in, fan_out, dtype):
+    """Glorot-uniform draws, ``U(-l, l)`` with ``l = sqrt(6 / (fan_in + fan_out))``.
+
+    A parameter vector of length ``n`` counts as an ``(n, 1)`` matrix
+    (``fan_in = n``, ``fan_out = 1``), as a column vector in a Keras-style
+    model; a scalar as ``(1, 1)``.
+    """
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(dtype)

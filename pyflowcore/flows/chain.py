@@ -1,0 +1,142 @@
+"""Composition of flows."""
+
+import numpy as np
+
+from pyflowcore.flows._base import Flow
+
+
+def _flatten(flows):
+    for f in flows:
+        if isinstance(f, Chain):
+            yield from f.layers
+        elif isinstance(f, Flow):
+            yield f
+        else:
+            raise TypeError(f"Chain expects Flow objects, got {type(f).__name__}")
+
+
+class Chain(Flow):
+    """The composition ``x = f_K(... f_2(f_1(z)))`` of flows, in list order.
+
+    ``log|det df/dz| = sum_k log|det df_k/dz_{k-1}|``.
+
+    Parameters
+    ----------
+    flows : sequence of Flow
+        Layers in the order they are applied; all of one ``dim`` and
+        ``dtype``.  A ``Chain`` among them is spliced in (a chain of chains is
+        a chain).
+
+    Notes
+    -----
+    The chain owns one parameter vector, the layers' vectors concatenated in
+    layer order.  On construction every layer's ``params`` is rebound to a
+    view into it, so an optimiser sees one vector and updates reach every
+    layer.  A layer therefore belongs to the chain built last from it, and
+    may appear only once in a chain.
+    """
+
+    def __init__(self, flows):
+        if isinstance(flows, Flow):
+            raise TypeError("Chain expects a sequence of flows, e.g. Chain([f1, f2])")
+        nested = [f for f in flows if isinstance(f, Chain)]
+        layers = list(_flatten(flows))
+        if not layers:
+            raise ValueError("Chain needs at least one flow")
+        if len({id(f) for f in layers}) != len(layers):
+            raise ValueError("a flow may appear only once in a Chain (its parameters would be shared)")
+        first = layers[0]
+        for f in layers:
+            if f.dim != first.dim or f.dtype != first.dtype:
+                raise ValueError("all flows of a Chain must have the same dim and dtype; got "
+                                 f"{first.dim}/{first.dtype} and {f.dim}/{f.dtype}")
+            if f.device != "cpu":
+                raise ValueError("build a Chain from CPU flows, then move it with .to(device)")
+        self.dim = first.dim
+        self.dtype = first.dtype
+        self.layers = tuple(layers)
+        self._params = np.concatenate([f.params for f in layers])
+        self._slices = []
+        start = 0
+        for f in layers:
+            self._slices.append(slice(start, start + f.num_params))
+            f._params = self._params[self._slices[-1]]
+            start += f.num_params
+        # Chains spliced in keep working, as views into this chain's vector.
+        for inner in nested:
+            lo = self.layers.index(inner.layers[0])
+            offset = self._slices[lo].start
+            inner._params = self._params[offset:offset + inner.num_params]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, k):
+        return self.layers[k]
+
+    def _config(self):
+        from pyflowcore.io import flow_to_spec
+        return {"flows": [flow_to_spec(f) for f in self.layers]}
+
+    def __repr__(self):
+        inner = ",\n    ".join(repr(f) for f in self.layers)
+        return f"Chain([\n    {inner},\n])"
+
+    # -- kernels: the layers' kernels in turn ------------------------------
+    def _forward(self, z, x, log_det):
+        n = z.shape[0]
+        layer_log_det = np.empty(n, dtype=self.dtype)
+        log_det[...] = 0
+        # Ping-pong between x and one scratch array so the last layer lands in x.
+        scratch = np.empty_like(x) if len(self.layers) > 1 else x
+        bufs = (x, scratch) if len(self.layers) % 2 == 1 else (scratch, x)
+        cur = z
+        for k, f in enumerate(self.layers):
+            nxt = bufs[k % 2]
+            f._forward(cur, nxt, layer_log_det)
+            log_det += layer_log_det
+            cur = nxt
+
+    def _inverse(self, x, z, log_det):
+        n = x.shape[0]
+        layer_log_det = np.empty(n, dtype=self.dtype)
+        log_det[...] = 0
+        scratch = np.empty_like(z) if len(self.layers) > 1 else z
+        bufs = (z, scratch) if len(self.layers) % 2 == 1 else (scratch, z)
+        cur = x
+        for k, f in enumerate(reversed(self.layers)):
+            nxt = bufs[k % 2]
+            f._inverse(cur, nxt, layer_log_det)
+            log_det += layer_log_det
+            cur = nxt
+
+    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
+        n = z.shape[0]
+        layer_log_det = np.empty(n, dtype=self.dtype)
+        inputs = [z]
+        for f in self.layers[:-1]:
+            nxt = np.empty_like(z)
+            f._forward(inputs[-1], nxt, layer_log_det)
+            inputs.append(nxt)
+        g = grad_x
+        for k in range(len(self.layers) - 1, -1, -1):
+            g_in = grad_z if k == 0 else np.empty_like(z)
+            self.layers[k]._backward(inputs[k], g, grad_log_det, g_in, grad_params[self._slices[k]])
+            g = g_in
+
+    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
+        # The inverse runs the layers last to first: y_K = x, y_{k-1} = f_k^{-1}(y_k).
+        n = x.shape[0]
+        layer_log_det = np.empty(n, dtype=self.dtype)
+        K = len(self.layers)
+        ys = [None] * (K + 1)
+        ys[K] = x
+        for k in range(K - 1, 0, -1):
+            ys[k] = np.empty_like(x)
+            self.layers[k]._inverse(ys[k + 1], ys[k], layer_log_det)
+        g = grad_z
+        for k in range(K):
+            g_in = grad_x if k == K - 1 else np.empty_like(x)
+            self.layers[k]._inverse_backward(ys[k + 1], g, grad_log_det, g_in,
+                                             grad_params[self._slices[k]])
+            g = g_in

@@ -1,0 +1,297 @@
+"""The checks every flow must pass, run on every case of ``tests.reference``.
+
+References are independent of the kernels: plain-NumPy formulas, finite
+differences of the flow's own forward map, and ``numpy.linalg.slogdet``.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+import pyflowcore as pf
+from tests.reference import all_cases
+
+CASES = all_cases()
+DTYPES = ["float64", "float32"]
+# float32 results are compared with the float64 reference at this tolerance.
+RTOL = {"float64": 1e-10, "float32": 2e-4}
+
+
+def case_params(dtypes=DTYPES):
+    return [pytest.param(case, dim, dtype, id=f"{case.name}-{dim}-{dtype}")
+            for case in CASES for dim in case.dims for dtype in dtypes]
+
+
+def build(case, dim, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    flow = case.make(dim, dtype, rng)
+    z = case.sample_z(rng, 7, flow.dim)
+    return flow, z
+
+
+def assert_close(actual, expected, dtype, scale=1.0):
+    rtol = RTOL[np.dtype(dtype).name]
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params())
+def test_forward_matches_reference(case, dim, dtype):
+    flow, z = build(case, dim, dtype)
+    x, log_det = flow.forward(z)
+    assert x.dtype == flow.dtype and log_det.dtype == flow.dtype
+    assert x.shape == z.shape and log_det.shape == (z.shape[0],)
+    x_ref, ld_ref = case.reference(flow.params.astype(np.float64), z.astype(flow.dtype).astype(np.float64))
+    assert_close(x, x_ref, dtype, scale=np.abs(x_ref).max())
+    assert_close(log_det, ld_ref, dtype, scale=max(1.0, np.abs(ld_ref).max()))
+
+
+def numerical_jacobian(fun, z, h=1e-6):
+    """Central-difference Jacobian of a row-wise map, shape (N, dim_out, dim_in)."""
+    cols = []
+    for j in range(z.shape[1]):
+        e = np.zeros_like(z)
+        e[:, j] = h
+        cols.append((fun(z + e) - fun(z - e)) / (2 * h))
+    return np.stack(cols, axis=-1)
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
+def test_log_det_is_log_abs_det_of_jacobian(case, dim, dtype):
+    flow, z = build(case, dim, dtype)
+    jac = numerical_jacobian(lambda v: flow.forward(v)[0], z)
+    sign, logabs = np.linalg.slogdet(jac)
+    assert np.all(sign != 0)
+    np.testing.assert_allclose(flow.forward(z)[1], logabs, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params())
+def test_inverse_round_trip(case, dim, dtype):
+    flow, z = build(case, dim, dtype)
+    z = z.astype(flow.dtype)
+    x, log_det = flow.forward(z)
+    z_back, log_det_inv = flow.inverse(x)
+    assert z_back.dtype == flow.dtype and log_det_inv.dtype == flow.dtype
+    assert_close(z_back, z, dtype, scale=max(1.0, np.abs(z).max()) * 10)
+    assert_close(log_det_inv, -log_det, dtype, scale=max(1.0, np.abs(log_det).max()) * 10)
+
+
+def scalar_loss_fd(fun, v, h=1e-6):
+    """Central-difference gradient of a scalar function of an array."""
+    grad = np.zeros_like(v)
+    flat, gflat = v.reshape(-1), grad.reshape(-1)
+    for k in range(flat.size):
+        old = flat[k]
+        flat[k] = old + h
+        up = fun(v)
+        flat[k] = old - h
+        down = fun(v)
+        flat[k] = old
+        gflat[k] = (up - down) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("direction", ["backward", "inverse_backward"])
+@pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
+def test_vjp_matches_finite_differences(case, dim, dtype, direction):
+    flow, z = build(case, dim, dtype)
+    rng = np.random.default_rng(1)
+    if direction == "backward":
+        v, apply, vjp = z, flow.forward, flow.backward
+    else:
+        v, apply, vjp = flow.forward(z)[0], flow.inverse, flow.inverse_backward
+    g_out = rng.standard_normal(v.shape)
+    g_ld = rng.standard_normal(v.shape[0])
+
+    def loss(v_):
+        out, ld = apply(v_)
+        return np.sum(g_out * out) + np.sum(g_ld * ld)
+
+    grad_v, grad_params = vjp(v, g_out, g_ld)
+    assert grad_params.shape == (flow.num_params,)
+    np.testing.assert_allclose(grad_v, scalar_loss_fd(loss, v.copy()), rtol=1e-5, atol=1e-6)
+
+    theta = flow.params.copy()
+
+    def loss_params(t):
+        flow.set_params(t)
+        return loss(v)
+
+    fd = scalar_loss_fd(loss_params, theta.copy())
+    flow.set_params(theta)
+    np.testing.assert_allclose(grad_params, fd, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params())
+def test_float32_vjp_agrees_with_float64(case, dim, dtype):
+    flow64, z = build(case, dim, "float64")
+    flow, _ = build(case, dim, dtype)
+    rng = np.random.default_rng(2)
+    g = rng.standard_normal(z.shape)
+    gld = rng.standard_normal(z.shape[0])
+    z = z.astype(flow.dtype).astype(np.float64)
+    flow64.set_params(flow.params.astype(np.float64))
+    for name in ("backward", "inverse_backward"):
+        v = z if name == "backward" else flow64.forward(z)[0]
+        ref_v, ref_p = getattr(flow64, name)(v, g, gld)
+        got_v, got_p = getattr(flow, name)(v, g, gld)
+        assert got_v.dtype == flow.dtype and got_p.dtype == flow.dtype
+        tol = 50 * RTOL[dtype]
+        np.testing.assert_allclose(got_v, ref_v, rtol=tol, atol=tol * max(1, np.abs(ref_v).max()))
+        np.testing.assert_allclose(got_p, ref_p, rtol=tol, atol=tol * max(1, np.abs(ref_p).max()))
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
+def test_single_point_and_empty_batch(case, dim, dtype):
+    flow, z = build(case, dim, dtype)
+    x, log_det = flow.forward(z)
+    x1, ld1 = flow.forward(z[3])
+    assert x1.shape == (flow.dim,) and np.shape(ld1) == ()
+    np.testing.assert_allclose(x1, x[3], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(ld1, log_det[3], rtol=1e-13, atol=1e-13)
+    z1, ldi1 = flow.inverse(x[3])
+    assert z1.shape == (flow.dim,) and np.shape(ldi1) == ()
+    g1, gp1 = flow.backward(z[3], np.ones(flow.dim), 1.0)
+    assert g1.shape == (flow.dim,) and gp1.shape == (flow.num_params,)
+    assert np.shape(flow.log_prob(x[3])) == ()
+
+    empty = np.zeros((0, flow.dim))
+    for method in (flow.forward, flow.inverse):
+        out, ld = method(empty)
+        assert out.shape == (0, flow.dim) and ld.shape == (0,)
+    for method in (flow.backward, flow.inverse_backward):
+        g, gp = method(empty, empty, np.zeros(0))
+        assert g.shape == (0, flow.dim)
+        np.testing.assert_array_equal(gp, np.zeros(flow.num_params))
+    assert flow.log_prob(empty).shape == (0,)
+    assert flow.sample(0).shape == (0, flow.dim)
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
+def test_accepts_array_likes_and_never_modifies_input(case, dim, dtype):
+    flow, z = build(case, dim, dtype)
+    x_ref, ld_ref = flow.forward(z)
+    fortran = np.asfortranarray(z)
+    strided = np.repeat(z, 2, axis=0)[::2]
+    as_f32 = z.astype(np.float32)
+    for variant in (z.tolist(), fortran, strided):
+        before = np.array(variant, copy=True)
+        x, ld = flow.forward(variant)
+        np.testing.assert_array_equal(x, x_ref)
+        np.testing.assert_array_equal(ld, ld_ref)
+        np.testing.assert_array_equal(np.asarray(variant), before)
+    x32, _ = flow.forward(as_f32)
+    assert x32.dtype == flow.dtype
+    readonly = z.copy()
+    readonly.setflags(write=False)
+    flow.forward(readonly)
+    flow.inverse(flow.forward(readonly)[0].copy())
+    g = np.ones_like(z)
+    g_before = g.copy()
+    flow.backward(readonly, g, np.ones(len(z)))
+    np.testing.assert_array_equal(g, g_before)
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
+def test_bad_input_raises_clear_errors(case, dim, dtype):
+    flow, z = build(case, dim, dtype)
+    with pytest.raises(TypeError, match="real"):
+        flow.forward(z.astype(complex))
+    with pytest.raises(TypeError, match="real"):
+        flow.forward(np.array([["a"] * flow.dim]))
+    with pytest.raises(TypeError, match="real"):
+        flow.inverse(np.empty((2, flow.dim), dtype=object))
+    with pytest.raises(ValueError, match=rf"\(N, {flow.dim}\)"):
+        flow.forward(np.zeros((3, flow.dim + 1)))
+    with pytest.raises(ValueError, match=rf"\(N, {flow.dim}\)"):
+        flow.forward(np.zeros((2, 3, flow.dim)))
+    with pytest.raises(ValueError, match=rf"\(N, {flow.dim}\)"):
+        flow.forward(3.0)
+    with pytest.raises(ValueError, match="grad_x"):
+        flow.backward(z, np.zeros((len(z) + 1, flow.dim)), 0.0)
+    with pytest.raises(ValueError, match="grad_log_det"):
+        flow.backward(z, np.zeros_like(z), np.zeros(len(z) + 1))
+    with pytest.raises(ValueError, match=rf"\({flow.num_params},\)"):
+        flow.set_params(np.zeros(flow.num_params + 1))
+    with pytest.raises(ValueError, match="out"):
+        flow.forward(z, out=(np.empty((len(z), flow.dim)), np.empty(len(z) + 1)))
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
+def test_out_arrays_are_filled(case, dim, dtype):
+    flow, z = build(case, dim, dtype)
+    x_ref, ld_ref = flow.forward(z)
+    out = (np.empty_like(x_ref), np.empty_like(ld_ref))
+    x, ld = flow.forward(z, out=out)
+    assert x is out[0] and ld is out[1]
+    np.testing.assert_array_equal(x, x_ref)
+    np.testing.assert_array_equal(ld, ld_ref)
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
+def test_non_finite_row_only_affects_itself(case, dim, dtype):
+    flow, z = build(case, dim, dtype)
+    x_ref, ld_ref = flow.forward(z)
+    bad = z.copy()
+    bad[2, 0] = np.nan
+    bad[4, -1] = np.inf
+    x, ld = flow.forward(bad)
+    keep = [0, 1, 3, 5, 6]
+    np.testing.assert_array_equal(x[keep], x_ref[keep])
+    np.testing.assert_array_equal(ld[keep], ld_ref[keep])
+    assert not np.all(np.isfinite(x[2]))
+    xb = x_ref.copy()
+    xb[2, 0] = np.nan
+    z_back, _ = flow.inverse(xb)
+    np.testing.assert_allclose(z_back[keep], flow.inverse(x_ref)[0][keep], rtol=0, atol=0)
+    assert np.isnan(z_back[2]).any()
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params())
+def test_distribution_methods_agree(case, dim, dtype):
+    flow, _ = build(case, dim, dtype)
+    x, logp = flow.sample_and_log_prob(50, rng=3)
+    assert x.shape == (50, flow.dim) and logp.shape == (50,)
+    assert x.dtype == flow.dtype and logp.dtype == flow.dtype
+    np.testing.assert_array_equal(flow.sample(50, rng=3), x)
+    assert_close(flow.log_prob(x), logp, dtype, scale=np.abs(logp).max() * 10)
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
+def test_concurrent_calls_from_threads(case, dim, dtype):
+    flow, _ = build(case, dim, dtype)
+    rng = np.random.default_rng(4)
+    zs = [case.sample_z(rng, 20_000, flow.dim) for _ in range(2)]
+    expected = [flow.forward(z) for z in zs]
+    results = [None, None]
+
+    def work(k):
+        results[k] = flow.forward(zs[k])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (x, ld), (xe, lde) in zip(results, expected):
+        np.testing.assert_array_equal(x, xe)
+        np.testing.assert_array_equal(ld, lde)
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params())
+def test_save_load_round_trip(case, dim, dtype, tmp_path):
+    flow, z = build(case, dim, dtype)
+    path = tmp_path / "flow.npz"
+    pf.save(flow, path)
+    loaded = pf.load(path)
+    assert type(loaded) is type(flow) and loaded.dtype == flow.dtype and loaded.dim == flow.dim
+    np.testing.assert_array_equal(loaded.params, flow.params)
+    np.testing.assert_array_equal(loaded.forward(z)[0], flow.forward(z)[0])
+    assert repr(loaded) == repr(flow)
+
+
+@pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
+def test_construction_is_reproducible(case, dim, dtype):
+    a = case.make(dim, dtype, np.random.default_rng(5))
+    b = case.make(dim, dtype, np.random.default_rng(5))
+    np.testing.assert_array_equal(a.params, b.params)
