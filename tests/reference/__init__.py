@@ -6,6 +6,7 @@ so a new flow gets the whole battery by adding one module here.
 """
 
 import importlib
+import os
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,8 +41,13 @@ class Case:
 
 
 def all_cases():
+    """Every case of every module; ``PYFLOWCORE_TEST_ONLY=planar,chain``
+    restricts collection to the named modules while one is being developed."""
+    only = {s for s in os.environ.get("PYFLOWCORE_TEST_ONLY", "").split(",") if s}
     cases = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if only and info.name not in only:
+            continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         cases.extend(getattr(module, "CASES", []))
     return cases
