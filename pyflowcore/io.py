@@ -74,14 +74,23 @@ def load(path):
         On the CPU, with the saved parameters.
     """
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as data:
-            if set(data.files) != {"architecture", "params"}:
-                raise ValueError(f"{path}: not a pyflowcore file (entries {data.files})")
-            arch = json.loads(str(data["architecture"][()]))
-            params = data["params"]
-    except (OSError, EOFError) as exc:
+        data = np.load(os.fspath(path), allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not an .npz archive")
+        with data:
+            entries = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read a pyflowcore .npz file: {exc}") from None
-    if arch.get("format") != "pyflowcore" or arch.get("version") != FORMAT_VERSION:
+    if set(entries) != {"architecture", "params"}:
+        raise ValueError(f"{path}: not a pyflowcore file (entries {sorted(entries)})")
+    try:
+        arch = json.loads(str(entries["architecture"][()]))
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"{path}: not a pyflowcore file (bad architecture entry: {exc})") from None
+    params = entries["params"]
+    if not isinstance(arch, dict) or arch.get("format") != "pyflowcore" or arch.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: not a pyflowcore file of format version {FORMAT_VERSION}")
     flow = flow_from_spec(arch["flow"])
     flow.set_params(params)
