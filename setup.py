@@ -66,6 +66,10 @@ def extensions():
     # -fno-math-errno lets the compiler inline and vectorise sqrt and friends;
     # IEEE semantics (NaN propagation, signed zeros) are otherwise kept.
     compile_args = ["-O3", "-std=c++17", "-fno-math-errno", "-Wno-unused-function"]
+    # -fopenmp-simd honours `#pragma omp simd` (csrc/pfc_vmath.h) even when
+    # OpenMP itself is unavailable; it needs no runtime library.
+    if sys.platform != "win32":
+        compile_args.append("-fopenmp-simd")
     only = {s.strip() for s in os.environ.get("PYFLOWCORE_BUILD_ONLY", "").split(",") if s.strip()}
     exts = []
     for pyx in sorted(glob("pyflowcore/_kernels/*.pyx")):

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from pyflowcore._kernels import chain as _chain_kernels
 from pyflowcore.flows._base import Flow
 
 
@@ -67,6 +68,8 @@ class Chain(Flow):
             lo = self.layers.index(inner.layers[0])
             offset = self._slices[lo].start
             inner._params = self._params[offset:offset + inner.num_params]
+            inner._build_units()
+        self._build_units()
 
     def __len__(self):
         return len(self.layers)
@@ -82,61 +85,120 @@ class Chain(Flow):
         inner = ",\n    ".join(repr(f) for f in self.layers)
         return f"Chain([\n    {inner},\n])"
 
-    # -- kernels: the layers' kernels in turn ------------------------------
+    # -- kernels: the units' kernels in turn ------------------------------
+    # A unit is one layer, or a run of row-wise layers fused into one kernel.
+    def _build_units(self):
+        self._units = []
+        run = []
+
+        def close_run():
+            if len(run) > 1:
+                lo, hi = self._slices[run[0]].start, self._slices[run[-1]].stop
+                self._units.append((_FusedRun([self.layers[k] for k in run], self._params[lo:hi]),
+                                    slice(lo, hi)))
+            elif run:
+                self._units.append((self.layers[run[0]], self._slices[run[0]]))
+            run.clear()
+
+        for k, f in enumerate(self.layers):
+            if getattr(f, "_row_kind", None) is not None:
+                run.append(k)
+            else:
+                close_run()
+                self._units.append((f, self._slices[k]))
+        close_run()
+
     def _forward(self, z, x, log_det):
         n = z.shape[0]
-        layer_log_det = np.empty(n, dtype=self.dtype)
-        log_det[...] = 0
-        # Ping-pong between x and one scratch array so the last layer lands in x.
-        scratch = np.empty_like(x) if len(self.layers) > 1 else x
-        bufs = (x, scratch) if len(self.layers) % 2 == 1 else (scratch, x)
+        unit_log_det = np.empty(n, dtype=self.dtype)
+        # Ping-pong between x and one scratch array so the last unit lands in x.
+        K = len(self._units)
+        scratch = np.empty_like(x) if K > 1 else x
+        bufs = (x, scratch) if K % 2 == 1 else (scratch, x)
         cur = z
-        for k, f in enumerate(self.layers):
+        for k, (unit, _) in enumerate(self._units):
             nxt = bufs[k % 2]
-            f._forward(cur, nxt, layer_log_det)
-            log_det += layer_log_det
+            unit._forward(cur, nxt, log_det if k == 0 else unit_log_det)
+            if k:
+                log_det += unit_log_det
             cur = nxt
 
     def _inverse(self, x, z, log_det):
         n = x.shape[0]
-        layer_log_det = np.empty(n, dtype=self.dtype)
-        log_det[...] = 0
-        scratch = np.empty_like(z) if len(self.layers) > 1 else z
-        bufs = (z, scratch) if len(self.layers) % 2 == 1 else (scratch, z)
+        unit_log_det = np.empty(n, dtype=self.dtype)
+        K = len(self._units)
+        scratch = np.empty_like(z) if K > 1 else z
+        bufs = (z, scratch) if K % 2 == 1 else (scratch, z)
         cur = x
-        for k, f in enumerate(reversed(self.layers)):
+        for k, (unit, _) in enumerate(reversed(self._units)):
             nxt = bufs[k % 2]
-            f._inverse(cur, nxt, layer_log_det)
-            log_det += layer_log_det
+            unit._inverse(cur, nxt, log_det if k == 0 else unit_log_det)
+            if k:
+                log_det += unit_log_det
             cur = nxt
 
     def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
         n = z.shape[0]
-        layer_log_det = np.empty(n, dtype=self.dtype)
+        unit_log_det = np.empty(n, dtype=self.dtype)
         inputs = [z]
-        for f in self.layers[:-1]:
+        for unit, _ in self._units[:-1]:
             nxt = np.empty_like(z)
-            f._forward(inputs[-1], nxt, layer_log_det)
+            unit._forward(inputs[-1], nxt, unit_log_det)
             inputs.append(nxt)
         g = grad_x
-        for k in range(len(self.layers) - 1, -1, -1):
+        for k in range(len(self._units) - 1, -1, -1):
+            unit, params_slice = self._units[k]
             g_in = grad_z if k == 0 else np.empty_like(z)
-            self.layers[k]._backward(inputs[k], g, grad_log_det, g_in, grad_params[self._slices[k]])
+            unit._backward(inputs[k], g, grad_log_det, g_in, grad_params[params_slice])
             g = g_in
 
     def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
-        # The inverse runs the layers last to first: y_K = x, y_{k-1} = f_k^{-1}(y_k).
+        # The inverse runs the units last to first: y_K = x, y_{k-1} = f_k^{-1}(y_k).
         n = x.shape[0]
-        layer_log_det = np.empty(n, dtype=self.dtype)
-        K = len(self.layers)
+        unit_log_det = np.empty(n, dtype=self.dtype)
+        K = len(self._units)
         ys = [None] * (K + 1)
         ys[K] = x
         for k in range(K - 1, 0, -1):
             ys[k] = np.empty_like(x)
-            self.layers[k]._inverse(ys[k + 1], ys[k], layer_log_det)
+            self._units[k][0]._inverse(ys[k + 1], ys[k], unit_log_det)
         g = grad_z
         for k in range(K):
+            unit, params_slice = self._units[k]
             g_in = grad_x if k == K - 1 else np.empty_like(x)
-            self.layers[k]._inverse_backward(ys[k + 1], g, grad_log_det, g_in,
-                                             grad_params[self._slices[k]])
+            unit._inverse_backward(ys[k + 1], g, grad_log_det, g_in, grad_params[params_slice])
             g = g_in
+
+
+class _FusedRun:
+    """A run of row-wise layers executed by the fused kernels of ``_kernels.chain``.
+
+    Holds a view of the chain's parameters for the run, so parameter updates
+    are seen without any copy.
+    """
+
+    def __init__(self, layers, params):
+        dim = layers[0].dim
+        self._params = params
+        self._kinds = np.array([_chain_kernels.LayerKind[f"KIND_{f._row_kind.upper()}"]
+                                for f in layers], dtype=np.intc)
+        self._param_offsets = np.cumsum([0] + [f.num_params for f in layers], dtype=np.int64)
+        self._work_offsets, self._acc_offsets = _chain_kernels.plan(self._kinds, dim)
+
+    def _forward(self, z, x, log_det):
+        _chain_kernels.forward(self._kinds, self._params, self._param_offsets,
+                               self._work_offsets, z, x, log_det)
+
+    def _inverse(self, x, z, log_det):
+        _chain_kernels.inverse(self._kinds, self._params, self._param_offsets,
+                               self._work_offsets, x, z, log_det)
+
+    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
+        _chain_kernels.backward(self._kinds, self._params, self._param_offsets,
+                                self._work_offsets, self._acc_offsets,
+                                z, grad_x, grad_log_det, grad_z, grad_params)
+
+    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
+        _chain_kernels.inverse_backward(self._kinds, self._params, self._param_offsets,
+                                        self._work_offsets, self._acc_offsets,
+                                        x, grad_z, grad_log_det, grad_x, grad_params)

@@ -26,6 +26,8 @@ class ElementwiseScale(Flow):
     of ``inf``/``nan``, as the formula says.
     """
 
+    _row_kind = "scale"  # fused in chains (see _kernels/chain.pyx)
+
     def __init__(self, dim, *, dtype="float64", rng=None):
         super().__init__(dim, dim, dtype)
         self._params[:] = 1
@@ -60,6 +62,8 @@ class Shift(Flow):
     -----
     Parameter layout: ``b`` (dim), initialised to 0.
     """
+
+    _row_kind = "shift"
 
     def __init__(self, dim, *, dtype="float64", rng=None):
         super().__init__(dim, dim, dtype)

@@ -1,0 +1,507 @@
+/*
+ * pfc_vmath.h -- CPU ONLY.  Branch-free exp, expm1, log, log1p and tanh for
+ * float and double that gcc/clang vectorise inside `#pragma omp simd` loops.
+ *
+ * Why: glibc's scalar exp/log/tanh cost 10-20 ns a call and the compiler only
+ * maps them onto vector versions under -ffast-math, which we refuse because
+ * it breaks NaN/inf semantics.  These functions inline into the caller's loop
+ * and use only +, -, *, /, compares turned into blends, and integer bit
+ * manipulation of the IEEE representation: no branches, no table lookups (so
+ * no gathers), no int64<->double conversions (which SSE2/AVX2 lack).
+ *
+ * The CUDA kernels do NOT use this header: device code keeps the native
+ * functions through pfc::exp, pfc::log, ... of pfc_config.h.  Including it
+ * from nvcc/NVRTC is an error.
+ *
+ * Accuracy (measured by tests/test_vmath.py against long double / float64
+ * references): within 2 ulp of the correctly rounded result over the whole
+ * domain for double and float; special values follow C99 Annex F like glibc:
+ *   exp(-inf) = +0, exp(+inf) = +inf, overflow -> +inf, underflow -> 0 or a
+ *   subnormal; expm1(-inf) = -1; log(+-0) = -inf, log(x < 0) = NaN,
+ *   log(+inf) = +inf, subnormal inputs are exact; log1p(-1) = -inf,
+ *   log1p(x < -1) = NaN; tanh(+-inf) = +-1; expm1, log1p and tanh return tiny
+ *   arguments (signed zeros, subnormals) unchanged; NaN in -> NaN out.
+ *
+ * Algorithms
+ *   exp, expm1, tanh: Cody-Waite reduction x = k ln2 + r, |r| <= ln2/2, with
+ *     k rounded by the 1.5*2^52 shifter (so no float->int conversion), and
+ *     p = e^r - 1 = r + r^2/2 + r^3 Q(r) (Q: Chebyshev fit, degree 9 for
+ *     double, 4 for float; relative error of p far below half an ulp).
+ *       exp   = (1 + p) 2^k1 2^k2,  k = k1 + k2 split so that underflow to
+ *               subnormals and 2^1024 come out right with plain multiplies;
+ *       expm1 = (2^kc p + (2^kc - 1)) 2^(k - kc), kc = min(k, 60 | 30): the
+ *               "- 1" is exact for the k where it matters;
+ *       tanh  = (1 - e) / (1 + e) with e = e^(-2|x|) = 2^k (1 + p), written
+ *               as ((1 - 2^k) - 2^k p) / ((1 + 2^k) + 2^k p) so that both the
+ *               small-|x| cancellation and the e -> 0 end keep full precision.
+ *   log, log1p: the fdlibm/musl scheme: u = 2^k m, m in [sqrt(2)/2, sqrt(2)),
+ *     f = m - 1, s = f / (2 + f), log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2));
+ *     log1p adds the rounding correction c / u of u = 1 + x.
+ * Arguments where the reduction breaks down (e^x over- or underflowing,
+ * |x| past tanh = 1, ...) go through the arithmetic harmlessly and are
+ * replaced by selects at the end; NaN fails every comparison, so it keeps
+ * the computed (NaN) value.  Every select is a bit blend of two computed
+ * values (select_): see there for why gcc needs this to vectorise.
+ *
+ * Vector dispatch: PFC_VM_TARGET_AVX2 / PFC_VM_TARGET_AVX512 mark extra
+ * copies of a hot loop compiled for those ISAs (the package itself is built
+ * for baseline x86-64); pfc::vm::cpu_level() picks one at run time.  See
+ * exp_array() below for the pattern the flow kernels follow.
+ */
+#ifndef PFC_VMATH_H
+#define PFC_VMATH_H
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#error "pfc_vmath.h is CPU-only; device code uses the native functions of pfc_config.h"
+#endif
+
+#include <stdint.h>
+#include <string.h>
+
+#include "pfc_config.h"
+
+#if defined(__GNUC__)
+/* The functions must inline into the caller's simd loop: a call would stop
+ * vectorisation. */
+#define PFC_VM_INLINE inline __attribute__((always_inline))
+#else
+#define PFC_VM_INLINE inline
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+/* Honoured under -fopenmp or -fopenmp-simd (setup.py passes the latter). */
+#define PFC_VM_PRAGMA_SIMD _Pragma("omp simd")
+#else
+#define PFC_VM_PRAGMA_SIMD
+#endif
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(PFC_VM_NO_DISPATCH)
+#define PFC_VM_DISPATCH 1
+#define PFC_VM_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define PFC_VM_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#else
+#define PFC_VM_DISPATCH 0
+#endif
+
+namespace pfc {
+namespace vm {
+
+namespace detail {
+
+PFC_VM_INLINE uint64_t bits(double x) { uint64_t u; memcpy(&u, &x, sizeof u); return u; }
+PFC_VM_INLINE uint32_t bits(float x) { uint32_t u; memcpy(&u, &x, sizeof u); return u; }
+PFC_VM_INLINE double as_double(uint64_t u) { double x; memcpy(&x, &u, sizeof x); return x; }
+PFC_VM_INLINE float as_float(uint32_t u) { float x; memcpy(&x, &u, sizeof x); return x; }
+
+PFC_VM_INLINE double fabs_(double x) { return as_double(bits(x) & 0x7fffffffffffffffULL); }
+PFC_VM_INLINE float fabs_(float x) { return as_float(bits(x) & 0x7fffffffU); }
+PFC_VM_INLINE double copysign_(double mag, double sgn) {
+    return as_double((bits(mag) & 0x7fffffffffffffffULL) | (bits(sgn) & 0x8000000000000000ULL));
+}
+PFC_VM_INLINE float copysign_(float mag, float sgn) {
+    return as_float((bits(mag) & 0x7fffffffU) | (bits(sgn) & 0x80000000U));
+}
+
+/* c ? a : b as a bit blend of two values that are both computed.  A plain
+ * ?: whose arm feeds further arithmetic lets gcc thread a constant arm
+ * through the rest of the function into a separate path with trapping
+ * operations, and the loop then no longer if-converts (no vectorisation). */
+PFC_VM_INLINE uint64_t mask_(bool c) { return (uint64_t)0 - (uint64_t)c; }
+PFC_VM_INLINE uint32_t mask_f_(bool c) { return (uint32_t)0 - (uint32_t)c; }
+PFC_VM_INLINE double select_(bool c, double a, double b) {
+    const uint64_t m = mask_(c);
+    return as_double((bits(a) & m) | (bits(b) & ~m));
+}
+PFC_VM_INLINE float select_(bool c, float a, float b) {
+    const uint32_t m = mask_f_(c);
+    return as_float((bits(a) & m) | (bits(b) & ~m));
+}
+
+/* Adding the shifter rounds |v| < 2^51 to the nearest integer (ties to
+ * even) in the low mantissa bits; subtracting it again gives that integer as
+ * a double. */
+const double SHIFT_D = 6755399441055744.0;  /* 1.5 * 2^52 */
+const float SHIFT_F = 12582912.0f;          /* 1.5 * 2^23 */
+
+PFC_VM_INLINE double round_int(double v) { return (v + SHIFT_D) - SHIFT_D; }
+PFC_VM_INLINE float round_int(float v) { return (v + SHIFT_F) - SHIFT_F; }
+
+/* 2^k for an integral double k in [-1022, 1023]: the low bits of k + shifter
+ * are k in two's complement; adding the bias and shifting the rest out
+ * leaves the exponent field. */
+PFC_VM_INLINE double pow2i(double k) {
+    return as_double((bits(k + SHIFT_D) + 1023U) << 52);
+}
+PFC_VM_INLINE float pow2i(float k) {
+    return as_float((bits(k + SHIFT_F) + 127U) << 23);
+}
+
+/* ln2 split so that k * LN2_HI is exact for |k| < 2^20 (double) or 2^8
+ * (float): the Cody-Waite reduction then loses nothing. */
+const double INV_LN2_D = 1.4426950408889634;
+const double LN2_HI_D = 6.93147180369123816490e-01; /* 0x3fe62e42fee00000 */
+const double LN2_LO_D = 1.90821492927058770002e-10; /* 0x3dea39ef35793c76 */
+const float INV_LN2_F = 1.44269502163f;
+const float LN2_HI_F = 0.693145751953125f;          /* 0x3f317200 */
+const float LN2_LO_F = 1.428606765330187045e-06f;   /* 0x35bfbe8e */
+
+/* The tail e^r - 1 - r on |r| <= ln2/2 (a little beyond is fine), as
+ * r^2/2 + r^3 Q(r), Q a Chebyshev fit of (e^r - 1 - r - r^2/2)/r^3 whose
+ * error, times r^2, is < 1e-18 (double) and < 1e-9 (float) relative to
+ * e^r - 1.  Callers keep r and the tail apart where r enters exactly. */
+PFC_VM_INLINE double expm1_kernel(double r) {
+    double q = 2.0911236630261545e-09;
+    q = q * r + 2.510038549551032e-08;
+    q = q * r + 2.755728296954995e-07;
+    q = q * r + 2.7557268459997064e-06;
+    q = q * r + 2.4801587317144498e-05;
+    q = q * r + 0.00019841269863053618;
+    q = q * r + 0.0013888888888886552;
+    q = q * r + 0.008333333333330062;
+    q = q * r + 0.041666666666666664;
+    q = q * r + 0.16666666666666669;
+    return (r * r) * (0.5 + r * q);
+}
+PFC_VM_INLINE float expm1_kernel(float r) {
+    float q = 0.00019882698337221478f;
+    q = q * r + 0.0013926183587713494f;
+    q = q * r + 0.008333320887169642f;
+    q = q * r + 0.041666554617204574f;
+    q = q * r + 0.16666666666666666f;
+    return (r * r) * (0.5f + r * q);
+}
+
+/* Cody-Waite reduction x = k ln2 + (r + c), e^(r + c) - 1 = r + h: r is the
+ * rounded remainder, c what its rounding lost (fdlibm's correction, worth
+ * up to 0.7 ulp of expm1 and tanh results), h the tail including c. */
+PFC_VM_INLINE void expm1_reduced(double x, double& k, double& r, double& h) {
+    k = round_int(x * INV_LN2_D);
+    const double hi = x - k * LN2_HI_D;
+    const double lo = k * LN2_LO_D;
+    r = hi - lo;
+    const double c = (hi - r) - lo;
+    h = expm1_kernel(r) + (c + c * r);
+}
+PFC_VM_INLINE void expm1_reduced(float x, float& k, float& r, float& h) {
+    k = round_int(x * INV_LN2_F);
+    const float hi = x - k * LN2_HI_F;
+    const float lo = k * LN2_LO_F;
+    r = hi - lo;
+    const float c = (hi - r) - lo;
+    h = expm1_kernel(r) + (c + c * r);
+}
+
+/* log(1 + f) - f + f^2/2 for f in [sqrt(2)/2 - 1, sqrt(2) - 1], as
+ * s (hfsq + R(s^2)) with s = f / (2 + f) (fdlibm's Lg1..Lg7 / musl logf's
+ * Lg1..Lg4, error < 2^-58.45 resp. 2^-34.24). */
+PFC_VM_INLINE double log_kernel(double f, double hfsq) {
+    const double s = f / (2.0 + f);
+    const double z = s * s;
+    const double w = z * z;
+    const double t1 = w * (3.999999999940941908e-01 +
+                           w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
+    const double t2 = z * (6.666666666666735130e-01 +
+                           w * (2.857142874366239149e-01 +
+                                w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+    return s * (hfsq + (t2 + t1));
+}
+PFC_VM_INLINE float log_kernel(float f, float hfsq) {
+    const float s = f / (2.0f + f);
+    const float z = s * s;
+    const float w = z * z;
+    const float t1 = w * (0.40000972152f + w * 0.24279078841f);
+    const float t2 = z * (0.66666662693f + w * 0.28498786688f);
+    return s * (hfsq + (t2 + t1));
+}
+
+const double LOG_LN2_HI_D = 6.93147180369123816490e-01; /* 0x3fe62e42fee00000 */
+const double LOG_LN2_LO_D = 1.90821492927058770002e-10;
+const float LOG_LN2_HI_F = 6.9313812256e-01f;           /* 0x3f317180 */
+const float LOG_LN2_LO_F = 9.0580006145e-06f;           /* 0x3717f7d1 */
+
+/* Exponent of a bit pattern already offset so that the mantissa range is
+ * [sqrt(2)/2, sqrt(2)): int -> double through the 2^52 magic number, since
+ * SSE2/AVX2 have no vector int64 -> double conversion. */
+PFC_VM_INLINE double biased_exponent(uint64_t ix) {
+    return as_double(0x4330000000000000ULL | (ix >> 52)) - (4503599627370496.0 + 1023.0);
+}
+PFC_VM_INLINE float biased_exponent(uint32_t ix) {
+    return (float)((int32_t)(ix >> 23) - 127);
+}
+
+const double INF_D = __builtin_huge_val();
+const float INF_F = __builtin_huge_valf();
+
+}  // namespace detail
+
+/* ------------------------------------------------------------------ exp */
+
+PFC_VM_INLINE double exp(double x) {
+    using namespace detail;
+    double k, r, h;
+    expm1_reduced(x, k, r, h);
+    const double p = r + h;
+    /* k in [-1076, 1024] on the range kept below: two factors, each a normal
+     * power of two, so that the result rounds once into the subnormals and
+     * 2^1024 (1 + p) overflows exactly when it should. */
+    const double k1 = round_int(k * 0.5);
+    double y = ((1.0 + p) * pow2i(k1)) * pow2i(k - k1);
+    /* Out there e^x is inf or 0 while k (and so y) is meaningless. */
+    y = select_(x > 709.8, INF_D, y);
+    return select_(x < -746.0, 0.0, y);
+}
+
+PFC_VM_INLINE float exp(float x) {
+    using namespace detail;
+    float k, r, h;
+    expm1_reduced(x, k, r, h);
+    const float p = r + h;
+    const float k1 = round_int(k * 0.5f);
+    float y = ((1.0f + p) * pow2i(k1)) * pow2i(k - k1);
+    y = select_(x > 88.8f, INF_F, y);
+    return select_(x < -104.0f, 0.0f, y);
+}
+
+/* ---------------------------------------------------------------- expm1 */
+
+PFC_VM_INLINE double expm1(double x) {
+    using namespace detail;
+    double k, r, h;
+    expm1_reduced(x, k, r, h);
+    /* e^x - 1 = 2^k (r + h) + 2^k - 1.  Up to k = 53, 2^k - 1 and
+     * 2^k r + (2^k - 1) are exact (or, for k >= 2, far from cancelling), so
+     * only the tail's addition rounds: summing 2^k p would lose a bit where
+     * 2p + 1 cancels (k = 1).  Beyond, 2^k - 1 is inexact and the "- 1"
+     * goes first into 2^k p instead.  Past k = 512 the factor 2^d, d = 1,
+     * keeps 2^(k-d) normal up to k = 1024, where the result must overflow
+     * by itself. */
+    const double d = round_int(k * 0x1p-10);
+    const double s = pow2i(k - d);
+    const bool small = k < 54.0;
+    const double hx = select_(small, s - 1.0, -pow2i(-d));
+    const double hy = select_(small, s * r, s * (r + h));
+    const double tl = select_(small, s * h, s);
+    double y = ((hx + hy) + tl) * pow2i(d);
+    y = select_(x > 709.8, INF_D, y);
+    /* e^x is below half an ulp of 1 there (and k would leave the range). */
+    y = select_(x < -40.0, -1.0, y);
+    /* Keeps -0 and subnormals exact, where expm1(x) rounds to x. */
+    return select_(fabs_(x) < 0x1p-60, x, y);
+}
+
+PFC_VM_INLINE float expm1(float x) {
+    using namespace detail;
+    float k, r, h;
+    expm1_reduced(x, k, r, h);
+    const float d = round_int(k * 0x1p-7f);
+    const float s = pow2i(k - d);
+    const bool small = k < 25.0f;
+    const float hx = select_(small, s - 1.0f, -pow2i(-d));
+    const float hy = select_(small, s * r, s * (r + h));
+    const float tl = select_(small, s * h, s);
+    float y = ((hx + hy) + tl) * pow2i(d);
+    y = select_(x > 88.8f, INF_F, y);
+    y = select_(x < -20.0f, -1.0f, y);
+    return select_(fabs_(x) < 0x1p-30f, x, y);
+}
+
+/* ------------------------------------------------------------------ log */
+
+PFC_VM_INLINE double log(double x) {
+    using namespace detail;
+    /* Subnormals (and the special values, fixed below) are scaled into the
+     * normal range first; 2^54 is exact. */
+    const bool sub = x < 2.2250738585072014e-308;
+    const double xs = select_(sub, x * 0x1p54, x);
+    const uint64_t ix = bits(xs) + (0x3ff0000000000000ULL - 0x3fe6a09e00000000ULL);
+    const double k = biased_exponent(ix) - select_(sub, 54.0, 0.0);
+    const double f = as_double((ix & 0x000fffffffffffffULL) + 0x3fe6a09e00000000ULL) - 1.0;
+    const double hfsq = 0.5 * f * f;
+    double y = log_kernel(f, hfsq) + k * LOG_LN2_LO_D - hfsq + f + k * LOG_LN2_HI_D;
+    y = select_(x == INF_D, x, y);
+    y = select_(x == 0.0, -INF_D, y);
+    y = select_(x < 0.0, __builtin_nan(""), y);
+    return select_(x != x, x + x, y);
+}
+
+PFC_VM_INLINE float log(float x) {
+    using namespace detail;
+    const bool sub = x < 1.17549435e-38f;
+    const float xs = select_(sub, x * 0x1p25f, x);
+    const uint32_t ix = bits(xs) + (0x3f800000U - 0x3f3504f3U);
+    const float k = biased_exponent(ix) - select_(sub, 25.0f, 0.0f);
+    const float f = as_float((ix & 0x007fffffU) + 0x3f3504f3U) - 1.0f;
+    const float hfsq = 0.5f * f * f;
+    float y = log_kernel(f, hfsq) + k * LOG_LN2_LO_F - hfsq + f + k * LOG_LN2_HI_F;
+    y = select_(x == INF_F, x, y);
+    y = select_(x == 0.0f, -INF_F, y);
+    y = select_(x < 0.0f, __builtin_nanf(""), y);
+    return select_(x != x, x + x, y);
+}
+
+/* ---------------------------------------------------------------- log1p */
+
+PFC_VM_INLINE double log1p(double x) {
+    using namespace detail;
+    const double u = 1.0 + x;
+    const uint64_t iu = bits(u) + (0x3ff0000000000000ULL - 0x3fe6a09e00000000ULL);
+    const double k = biased_exponent(iu);
+    /* c/u ~ log(1 + x) - log(u) restores what rounding 1 + x lost; when
+     * 1 + x is already in [sqrt(2)/2, sqrt(2)) use f = x exactly instead. */
+    const double c0 = select_(k >= 2.0, 1.0 - (u - x), x - (u - 1.0)) / u;
+    const bool k0 = k == 0.0;
+    const double c = select_(k < 54.0 && !k0, c0, 0.0);
+    const double fr = as_double((iu & 0x000fffffffffffffULL) + 0x3fe6a09e00000000ULL) - 1.0;
+    const double f = select_(k0, x, fr);
+    const double hfsq = 0.5 * f * f;
+    double y = log_kernel(f, hfsq) + (k * LOG_LN2_LO_D + c) - hfsq + f + k * LOG_LN2_HI_D;
+    y = select_(x == INF_D, x, y);
+    y = select_(x == -1.0, -INF_D, y);
+    y = select_(x < -1.0, __builtin_nan(""), y);
+    y = select_(fabs_(x) < 0x1p-60, x, y);
+    return select_(x != x, x + x, y);
+}
+
+PFC_VM_INLINE float log1p(float x) {
+    using namespace detail;
+    const float u = 1.0f + x;
+    const uint32_t iu = bits(u) + (0x3f800000U - 0x3f3504f3U);
+    const float k = biased_exponent(iu);
+    const float c0 = select_(k >= 2.0f, 1.0f - (u - x), x - (u - 1.0f)) / u;
+    const bool k0 = k == 0.0f;
+    const float c = select_(k < 25.0f && !k0, c0, 0.0f);
+    const float fr = as_float((iu & 0x007fffffU) + 0x3f3504f3U) - 1.0f;
+    const float f = select_(k0, x, fr);
+    const float hfsq = 0.5f * f * f;
+    float y = log_kernel(f, hfsq) + (k * LOG_LN2_LO_F + c) - hfsq + f + k * LOG_LN2_HI_F;
+    y = select_(x == INF_F, x, y);
+    y = select_(x == -1.0f, -INF_F, y);
+    y = select_(x < -1.0f, __builtin_nanf(""), y);
+    y = select_(fabs_(x) < 0x1p-30f, x, y);
+    return select_(x != x, x + x, y);
+}
+
+/* ----------------------------------------------------------------- tanh */
+
+PFC_VM_INLINE double tanh(double x) {
+    using namespace detail;
+    const double a = fabs_(x);
+    double k, r, h;
+    expm1_reduced(-2.0 * a, k, r, h);
+    const double p = r + h;
+    const double s = pow2i(k);
+    /* e^(-2a) = e = s (1 + p), and 1 - s, 1 + s are exact, so 1 - e and
+     * 1 + e are each rounded once.  Past a = 0.55 (e < 1/3) tanh is taken
+     * as 1 - 2e / (1 + e) instead: the rounding of 1 + e just above 1 would
+     * otherwise cost a whole ulp of the result just below 1. */
+    const double sp = s * p;
+    const bool large = a > 0.55;
+    const double den = (1.0 + s) + sp;
+    const double q = select_(large, 2.0 * (s + sp), (1.0 - s) - sp) / den;
+    double t = select_(large, 1.0 - q, q);
+    /* tanh rounds to 1 beyond 19.1; further out 2^k would leave the range. */
+    t = select_(a > 20.0, 1.0, t);
+    const double y = copysign_(t, x);
+    return select_(fabs_(x) < 0x1p-30, x, y);
+}
+
+PFC_VM_INLINE float tanh(float x) {
+    using namespace detail;
+    const float a = fabs_(x);
+    float k, r, h;
+    expm1_reduced(-2.0f * a, k, r, h);
+    const float p = r + h;
+    const float s = pow2i(k);
+    const float sp = s * p;
+    const bool large = a > 0.55f;
+    const float den = (1.0f + s) + sp;
+    const float q = select_(large, 2.0f * (s + sp), (1.0f - s) - sp) / den;
+    float t = select_(large, 1.0f - q, q);
+    t = select_(a > 10.0f, 1.0f, t);
+    const float y = copysign_(t, x);
+    return select_(fabs_(x) < 0x1p-15f, x, y);
+}
+
+/* ---------------------------------------------------- CPU feature levels */
+
+enum { LEVEL_BASELINE = 0, LEVEL_AVX2 = 1, LEVEL_AVX512 = 2 };
+
+/* The widest vector ISA the running CPU supports, among the copies
+ * PFC_VM_TARGET_* can build.  Cheap: the feature bits are cached by libgcc. */
+inline int cpu_level() {
+#if PFC_VM_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma")) {
+        return LEVEL_AVX512;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        return LEVEL_AVX2;
+    }
+#endif
+    return LEVEL_BASELINE;
+}
+
+/* ------------------------------------------------------- array helpers
+ *
+ * The loop pattern for kernels: a plain `PFC_VM_PRAGMA_SIMD` loop over
+ * contiguous data calling pfc::vm functions, instantiated once for the
+ * baseline ISA and once per PFC_VM_TARGET_* attribute, and a dispatcher that
+ * picks the copy matching cpu_level().  out may equal in (element-wise).
+ * `level` lets tests force a copy; -1 means "best available".
+ */
+#define PFC_VM_ARRAY_LOOP(fn)                                                   \
+    PFC_VM_PRAGMA_SIMD                                                          \
+    for (index_t i = 0; i < n; ++i) {                                           \
+        out[i] = fn(in[i]);                                                     \
+    }
+
+#if PFC_VM_DISPATCH
+#define PFC_VM_DEFINE_ARRAY(fn)                                                 \
+    namespace detail {                                                          \
+    template <typename T> void fn##_array_base(const T* in, T* out, index_t n) { \
+        PFC_VM_ARRAY_LOOP(pfc::vm::fn)                                          \
+    }                                                                           \
+    template <typename T>                                                       \
+    PFC_VM_TARGET_AVX2 void fn##_array_avx2(const T* in, T* out, index_t n) {   \
+        PFC_VM_ARRAY_LOOP(pfc::vm::fn)                                          \
+    }                                                                           \
+    template <typename T>                                                       \
+    PFC_VM_TARGET_AVX512 void fn##_array_avx512(const T* in, T* out, index_t n) { \
+        PFC_VM_ARRAY_LOOP(pfc::vm::fn)                                          \
+    }                                                                           \
+    }                                                                           \
+    template <typename T>                                                       \
+    inline void fn##_array(const T* in, T* out, index_t n, int level = -1) {    \
+        const int best = cpu_level();                                           \
+        if (level < 0 || level > best) level = best;                            \
+        if (level == LEVEL_AVX512) {                                            \
+            detail::fn##_array_avx512(in, out, n);                              \
+        } else if (level == LEVEL_AVX2) {                                       \
+            detail::fn##_array_avx2(in, out, n);                                \
+        } else {                                                                \
+            detail::fn##_array_base(in, out, n);                                \
+        }                                                                       \
+    }
+#else
+#define PFC_VM_DEFINE_ARRAY(fn)                                                 \
+    template <typename T>                                                       \
+    inline void fn##_array(const T* in, T* out, index_t n, int level = -1) {    \
+        (void)level;                                                            \
+        PFC_VM_ARRAY_LOOP(pfc::vm::fn)                                          \
+    }
+#endif
+
+PFC_VM_DEFINE_ARRAY(exp)
+PFC_VM_DEFINE_ARRAY(expm1)
+PFC_VM_DEFINE_ARRAY(log)
+PFC_VM_DEFINE_ARRAY(log1p)
+PFC_VM_DEFINE_ARRAY(tanh)
+
+#undef PFC_VM_DEFINE_ARRAY
+#undef PFC_VM_ARRAY_LOOP
+
+}  // namespace vm
+}  // namespace pfc
+
+#endif  /* PFC_VMATH_H */

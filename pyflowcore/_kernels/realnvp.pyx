@@ -1,0 +1,469 @@
+# distutils: language = c++
+"""Kernels of the Real NVP flow.
+
+Design
+------
+A Real NVP coupling is two small MLPs (s and t) applied to the passed
+entries of a row, then an elementwise affine update of the changed entries.
+The MLP layers are matrix products, so unlike the row-wise flows the batch is
+processed in *row blocks*: each block of ``block_rows`` rows is carried
+through every coupling with BLAS GEMMs (``scipy.linalg.cython_blas``), while
+the elementwise parts -- tanh layers, their derivative, the masked affine
+update and its log-determinant -- come from ``csrc/realnvp.h`` (shared with
+CUDA).  Blocks are distributed over an OpenMP team (``prange``), each thread
+owning one scratch buffer for the whole call.
+
+No arithmetic is spent on mask zeros:
+
+* the first layer sees only the p passed entries: its weights are gathered
+  once per call into ``W1`` (2U x p: the passed columns of the s-net's A_1
+  stacked on those of the t-net, so both nets' first layers are one GEMM),
+  and each block gathers the passed entries of its rows into ``Zp`` (B x p);
+* the output layers compute only the c = dim - p changed entries, from the
+  gathered rows of ``A_out`` / ``b_out``.
+
+The gathered weights live in ``work``, one slot of ``WORK_SLOT`` values per
+mask (sized for the largest p and c, so slots have a fixed stride):
+
+    W1 (2U x p, row-major) | b1 (2U) | AoS (c x U) | AoT (c x U) | boS (c) | boT (c)
+
+GEMM threading.  OpenBLAS runs a GEMM on its own thread pool once
+m*n*k > 2^18 (its interface/gemm.c threshold); called from inside our OpenMP
+team that would oversubscribe the cores and serialise the callers on
+OpenBLAS's server lock.  The block height is therefore chosen so that every
+GEMM of a block stays below that size (and at least 16 rows, at most 512);
+measured on dim 16, 8 masks, 2 x 64 units this row-block ``prange`` beats a
+whole-batch GEMM per layer, whose N x 2U activations stream through memory
+once per layer (see the class docstring of ``RealNVP`` for timings).
+
+Backward passes (``vjp``) recompute the forward of each block while keeping
+every coupling's input rows, tanh activations and exp(+-s) values in the
+thread's scratch, then walk the couplings in reverse: tanh is evaluated once
+per activation, its derivative is 1 - h^2 of the stored value.  Parameter
+gradients are accumulated by GEMMs with beta = 1 into per-chunk partial
+buffers, in the same gathered layout (plus the hidden layers), and summed in
+chunk order (``_parallel.pxd``): the result does not depend on the number of
+threads.  The number of chunks is further capped so that the partials stay
+below ``PARTIAL_BUDGET`` values; it depends only on the batch size and the
+architecture.  ``finish_grad`` scatters the sum back to the raw layout,
+writing exact zeros for the A_1 columns of masked entries and the A_out /
+b_out rows of passed entries, which the map does not depend on.
+"""
+
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+from pyflowcore._kernels._parallel cimport (
+    MAX_CHUNKS, MIN_ROWS_PARALLEL, chunk_start, num_chunks)
+
+
+cdef extern from "realnvp.h" namespace "pfc" nogil:
+    void realnvp_tanh_row[T](T* h, const T* bias, int n)
+    void realnvp_tanh_grad_row[T](T* d, const T* h, int n)
+    T realnvp_coupling_forward_row[T](const int* changed, int nc, T* s_raw, const T* t_raw,
+                                      const T* bias_s, const T* bias_t, T* x)
+    T realnvp_coupling_inverse_row[T](const int* changed, int nc, T* s_raw, const T* t_raw,
+                                      const T* bias_s, const T* bias_t, T* z)
+    void realnvp_coupling_backward_row[T](const int* changed, int nc, const T* e, const T* y,
+                                          T grad_log_det, T* g, T* ds, T* dt)
+    void realnvp_coupling_inverse_backward_row[T](const int* changed, int nc, const T* r,
+                                                  const T* z, T grad_log_det, T* g,
+                                                  T* ds, T* dt)
+
+
+cdef enum:
+    # OpenBLAS threads a GEMM above m*n*k = 2^18; blocks keep below it.
+    BLAS_SERIAL_MNK = 262144
+    MIN_BLOCK_ROWS = 16
+    MAX_BLOCK_ROWS = 512
+    # Cap on (chunks x num_params) of the gradient partial buffers.
+    PARTIAL_BUDGET = 1 << 22
+
+
+# -- the net geometry -----------------------------------------------------
+
+cdef struct Geom:
+    int dim           # D
+    int units         # U
+    int layers        # L
+    int num_masks     # M
+    int net_size      # raw parameters of one net
+    int work_slot     # work values per mask
+    int acc_slot      # accumulator values per mask (= 2 * net_size)
+
+
+cdef Geom make_geom(int dim, int units, int layers, int num_masks):
+    cdef Geom g
+    g.dim = dim
+    g.units = units
+    g.layers = layers
+    g.num_masks = num_masks
+    g.net_size = 2 * dim * units + dim + units + (layers - 1) * (units + 1) * units
+    g.work_slot = 4 * units * dim + 2 * units + 2 * dim
+    g.acc_slot = g.work_slot + 2 * (layers - 1) * (units + 1) * units
+    return g
+
+
+def default_block_rows(int dim, int units, int layers):
+    """Rows per block: every GEMM of a block below OpenBLAS's threading size."""
+    cdef long widest = 2 * <long>units * dim
+    if layers > 1 and <long>units * units > widest:
+        widest = <long>units * units
+    cdef long rows = BLAS_SERIAL_MNK // max(widest, 1)
+    return int(min(max(rows, MIN_BLOCK_ROWS), MAX_BLOCK_ROWS))
+
+
+def grad_chunks(Py_ssize_t n, Py_ssize_t num_params):
+    """Number of gradient chunks for a batch of n rows (thread-independent)."""
+    cdef Py_ssize_t cap = PARTIAL_BUDGET // max(num_params, 1)
+    cap = min(max(cap, 1), MAX_CHUNKS)
+    return min(num_chunks(n), cap)
+
+
+# -- row-major GEMM -------------------------------------------------------
+
+cdef inline void gemm_rm(char ta, char tb, int m, int n, int k, floating alpha,
+                         const floating* a, int lda, const floating* b, int ldb,
+                         floating beta, floating* c, int ldc) noexcept nogil:
+    """Row-major C (m x n) = alpha op(A) op(B) + beta C.
+
+    A row-major matrix is its column-major transpose, so this is the
+    column-major product C^T = op(B)^T op(A)^T: swap the operands and m, n.
+    """
+    if floating is double:
+        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda,
+              &beta, c, &ldc)
+    else:
+        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda,
+              &beta, c, &ldc)
+
+
+cdef inline void col_sums(int rows, int cols, const floating* d, int ld,
+                          floating* acc) noexcept nogil:
+    """acc[j] += sum_r d[r, j] (bias gradients), rows in order."""
+    cdef int r, j
+    for r in range(rows):
+        for j in range(cols):
+            acc[j] += d[r * ld + j]
+
+
+# -- parameters <-> gathered layout ----------------------------------------
+
+def prepare(const floating[::1] params, const int[:, ::1] idx, const int[::1] npass,
+            int units, int layers, floating[::1] work):
+    """Gather the first-layer columns and output-layer rows that each mask uses."""
+    cdef int D = <int>idx.shape[1], M = <int>idx.shape[0], U = units
+    cdef Geom g = make_geom(D, U, layers, M)
+    cdef int m, k, u, i, j, p, c
+    cdef const floating* net
+    cdef floating* w
+    cdef Py_ssize_t hid = (layers - 1) * (U + 1) * U
+    for m in range(M):
+        p = npass[m]
+        c = D - p
+        w = &work[m * g.work_slot]
+        for k in range(2):
+            net = &params[(2 * m + k) * g.net_size]
+            for u in range(U):
+                for i in range(p):
+                    w[(k * U + u) * p + i] = net[u * D + idx[m, i]]
+                w[2 * U * D + k * U + u] = net[U * D + u]
+            for j in range(c):
+                for u in range(U):
+                    w[2 * U * D + 2 * U + k * U * D + j * U + u] = \
+                        net[U * D + U + hid + idx[m, p + j] * U + u]
+                w[4 * U * D + 2 * U + k * D + j] = net[2 * U * D + U + hid + idx[m, p + j]]
+
+
+def finish_grad(const floating[::1] acc, const int[:, ::1] idx, const int[::1] npass,
+                int units, int layers, floating[::1] grad):
+    """Scatter the gathered gradient to the raw parameter layout."""
+    cdef int D = <int>idx.shape[1], M = <int>idx.shape[0], U = units
+    cdef Geom g = make_geom(D, U, layers, M)
+    cdef int m, k, u, i, j, p, c, q
+    cdef const floating* a
+    cdef floating* net
+    cdef Py_ssize_t hid = (layers - 1) * (U + 1) * U
+    for q in range(grad.shape[0]):
+        grad[q] = 0
+    for m in range(M):
+        p = npass[m]
+        c = D - p
+        a = &acc[m * g.acc_slot]
+        for k in range(2):
+            net = &grad[(2 * m + k) * g.net_size]
+            for u in range(U):
+                for i in range(p):
+                    net[u * D + idx[m, i]] = a[(k * U + u) * p + i]
+                net[U * D + u] = a[2 * U * D + k * U + u]
+            for q in range(hid):
+                net[U * D + U + q] = a[g.work_slot + k * hid + q]
+            for j in range(c):
+                for u in range(U):
+                    net[U * D + U + hid + idx[m, p + j] * U + u] = \
+                        a[2 * U * D + 2 * U + k * U * D + j * U + u]
+                net[2 * U * D + U + hid + idx[m, p + j]] = a[4 * U * D + 2 * U + k * D + j]
+
+
+# -- one block through the nets ---------------------------------------------
+
+cdef void gather_rows(int rows, int D, int p, const int* passed, const floating* y,
+                      floating* zp) noexcept nogil:
+    cdef int r, i
+    for r in range(rows):
+        for i in range(p):
+            zp[r * p + i] = y[r * D + passed[i]]
+
+
+cdef void nets_forward(Geom g, int rows, int p, const floating* w, const floating* params,
+                       int m, const floating* zp, floating* h, floating* s,
+                       floating* t) noexcept nogil:
+    """s, t (rows x c, without output bias) and the L tanh layers h of a block.
+
+    h holds L blocks of rows x 2U: the s-net's units in columns [0, U), the
+    t-net's in [U, 2U).
+    """
+    cdef int D = g.dim, U = g.units, U2 = 2 * g.units, c = g.dim - p, l, r, k
+    cdef Py_ssize_t lay = <Py_ssize_t>rows * U2
+    cdef const floating* hid
+    cdef floating* hl
+    gemm_rm(c'N', c'T', rows, U2, p, 1, zp, p, w, p, 0, h, U2)
+    for r in range(rows):
+        realnvp_tanh_row(h + r * U2, w + 2 * U * D, U2)
+    for l in range(1, g.layers):
+        hl = h + l * lay
+        for k in range(2):
+            hid = params + (2 * m + k) * g.net_size + U * D + U + (l - 1) * (U + 1) * U
+            gemm_rm(c'N', c'T', rows, U, U, 1, hl - lay + k * U, U2, hid, U, 0, hl + k * U, U2)
+            for r in range(rows):
+                realnvp_tanh_row(hl + r * U2 + k * U, hid + U * U, U)
+    hl = h + (g.layers - 1) * lay
+    gemm_rm(c'N', c'T', rows, c, U, 1, hl, U2, w + 2 * U * D + U2, U, 0, s, c)
+    gemm_rm(c'N', c'T', rows, c, U, 1, hl + U, U2, w + 3 * U * D + U2, U, 0, t, c)
+
+
+cdef void nets_backward(Geom g, int rows, int p, const floating* w, const floating* params,
+                        int m, const floating* zp, const floating* h, const floating* ds,
+                        const floating* dt, floating* dh, floating* dh2, floating* dzp,
+                        floating* acc) noexcept nogil:
+    """Back through both nets of mask m: accumulate parameter gradients into
+    acc (this mask's slot) and write the cotangent of the passed inputs, dzp."""
+    cdef int D = g.dim, U = g.units, U2 = 2 * g.units, c = g.dim - p, l, r, k
+    cdef Py_ssize_t lay = <Py_ssize_t>rows * U2
+    cdef Py_ssize_t hsz = (g.layers - 1) * (U + 1) * U
+    cdef const floating* hl = h + (g.layers - 1) * lay
+    cdef const floating* hid
+    cdef floating* ga
+    cdef floating* tmp
+    # Output layers: only the changed rows of A_out / b_out.
+    gemm_rm(c'T', c'N', c, U, rows, 1, ds, c, hl, U2, 1, acc + 2 * U * D + U2, U)
+    gemm_rm(c'T', c'N', c, U, rows, 1, dt, c, hl + U, U2, 1, acc + 3 * U * D + U2, U)
+    col_sums(rows, c, ds, c, acc + 4 * U * D + U2)
+    col_sums(rows, c, dt, c, acc + 4 * U * D + U2 + D)
+    gemm_rm(c'N', c'N', rows, U, c, 1, ds, c, w + 2 * U * D + U2, U, 0, dh, U2)
+    gemm_rm(c'N', c'N', rows, U, c, 1, dt, c, w + 3 * U * D + U2, U, 0, dh + U, U2)
+    for r in range(rows):
+        realnvp_tanh_grad_row(dh + r * U2, hl + r * U2, U2)
+    for l in range(g.layers - 1, 0, -1):
+        hl = h + (l - 1) * lay
+        for k in range(2):
+            hid = params + (2 * m + k) * g.net_size + U * D + U + (l - 1) * (U + 1) * U
+            ga = acc + g.work_slot + k * hsz + (l - 1) * (U + 1) * U
+            gemm_rm(c'T', c'N', U, U, rows, 1, dh + k * U, U2, hl + k * U, U2, 1, ga, U)
+            col_sums(rows, U, dh + k * U, U2, ga + U * U)
+            gemm_rm(c'N', c'N', rows, U, U, 1, dh + k * U, U2, hid, U, 0, dh2 + k * U, U2)
+        for r in range(rows):
+            realnvp_tanh_grad_row(dh2 + r * U2, hl + r * U2, U2)
+        tmp = dh
+        dh = dh2
+        dh2 = tmp
+    # First layer: the passed columns of both nets' A_1 at once.
+    gemm_rm(c'T', c'N', U2, p, rows, 1, dh, U2, zp, p, 1, acc, p)
+    col_sums(rows, U2, dh, U2, acc + 2 * U * D)
+    gemm_rm(c'N', c'N', rows, p, U2, 1, dh, U2, w, p, 0, dzp, p)
+
+
+# -- forward / inverse ---------------------------------------------------------
+
+def transform(bint inverse, const floating[::1] params, const floating[::1] work,
+              const int[:, ::1] idx, const int[::1] npass, int units, int layers,
+              int block_rows, const floating[:, ::1] v, floating[:, ::1] out,
+              floating[::1] log_det):
+    """out, log_det = forward(v) or inverse(v), in row blocks."""
+    cdef Py_ssize_t n = v.shape[0]
+    if n == 0:
+        return
+    cdef int D = <int>v.shape[1], M = <int>idx.shape[0], U2 = 2 * units
+    cdef Geom g = make_geom(D, units, layers, M)
+    cdef int B = block_rows
+    cdef Py_ssize_t nb = (n + B - 1) // B, blk, r0
+    cdef Py_ssize_t scratch = <Py_ssize_t>B * (3 * D + layers * U2)
+    cdef int[::1] failed = np.zeros(1, dtype=np.intc)
+    # Set per thread inside the parallel block; initialised so that the
+    # firstprivate copies OpenMP makes of them are defined.
+    cdef floating* buf = NULL
+    cdef floating* zp = NULL
+    cdef floating* h = NULL
+    cdef floating* s = NULL
+    cdef floating* t = NULL
+    cdef floating* x = NULL
+    cdef const int* ix
+    cdef int rows, k, m, p, r
+    cdef floating ld
+    with nogil, parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
+        buf = <floating*>malloc(scratch * sizeof(floating))
+        if buf == NULL:
+            failed[0] = 1
+        zp = buf
+        h = buf + B * D
+        s = h + <Py_ssize_t>B * layers * U2
+        t = s + B * D
+        for blk in prange(nb, schedule="static"):
+            if buf == NULL:
+                continue
+            r0 = blk * B
+            rows = <int>min(<Py_ssize_t>B, n - r0)
+            x = &out[r0, 0]
+            memcpy(x, &v[r0, 0], rows * D * sizeof(floating))
+            for r in range(rows):
+                log_det[r0 + r] = 0
+            for k in range(M):
+                m = M - 1 - k if inverse else k
+                p = npass[m]
+                ix = &idx[m, 0]
+                gather_rows(rows, D, p, ix, x, zp)
+                nets_forward(g, rows, p, &work[m * g.work_slot], &params[0], m, zp, h, s, t)
+                for r in range(rows):
+                    if inverse:
+                        ld = realnvp_coupling_inverse_row(
+                            ix + p, D - p, s + r * (D - p), t + r * (D - p),
+                            &work[m * g.work_slot + 4 * units * D + U2],
+                            &work[m * g.work_slot + 4 * units * D + U2 + D], x + r * D)
+                    else:
+                        ld = realnvp_coupling_forward_row(
+                            ix + p, D - p, s + r * (D - p), t + r * (D - p),
+                            &work[m * g.work_slot + 4 * units * D + U2],
+                            &work[m * g.work_slot + 4 * units * D + U2 + D], x + r * D)
+                    log_det[r0 + r] += ld
+        free(buf)
+    if failed[0]:
+        raise MemoryError("RealNVP: could not allocate the per-thread scratch buffer")
+
+
+# -- vector-Jacobian products ------------------------------------------------------
+
+cdef void vjp_block(bint inverse, Geom g, int rows, const floating* params,
+                    const floating* work, const int* idx, const int* npass,
+                    const floating* v, const floating* grad_out, const floating* gld,
+                    floating* grad_in, floating* acc, floating* buf) noexcept nogil:
+    """One block of rows: recompute the couplings keeping what the VJP needs,
+    then walk them in reverse.  grad_in receives the input cotangent."""
+    cdef int D = g.dim, U = g.units, U2 = 2 * g.units, M = g.num_masks, L = g.layers
+    cdef int B = rows, k, m, p, c, r, i
+    cdef Py_ssize_t bd = <Py_ssize_t>B * D, lay = <Py_ssize_t>B * U2
+    # Scratch: stage outputs Y (M x B x D), exp(+-s) E (M x B x D), activations
+    # H (M x L x B x 2U), then per-stage temporaries.
+    cdef floating* Y = buf
+    cdef floating* E = Y + M * bd
+    cdef floating* H = E + M * bd
+    cdef floating* zp = H + M * L * lay
+    cdef floating* t = zp + bd
+    cdef floating* ds = t + bd
+    cdef floating* dzp = ds + bd
+    cdef floating* dh = dzp + bd
+    cdef floating* dh2 = dh + lay
+    cdef const floating* yin
+    cdef floating* yout
+    cdef const floating* w
+    cdef const int* ix
+    for k in range(M):
+        m = M - 1 - k if inverse else k
+        p = npass[m]
+        c = D - p
+        ix = idx + m * D
+        w = work + m * g.work_slot
+        yin = v if k == 0 else Y + (k - 1) * bd
+        yout = Y + k * bd
+        gather_rows(B, D, p, ix, yin, zp)
+        nets_forward(g, B, p, w, params, m, zp, H + k * L * lay, E + k * bd, t)
+        memcpy(yout, yin, bd * sizeof(floating))
+        for r in range(B):
+            if inverse:
+                realnvp_coupling_inverse_row(ix + p, c, E + k * bd + r * c, t + r * c,
+                                             w + 4 * U * D + U2, w + 4 * U * D + U2 + D,
+                                             yout + r * D)
+            else:
+                realnvp_coupling_forward_row(ix + p, c, E + k * bd + r * c, t + r * c,
+                                             w + 4 * U * D + U2, w + 4 * U * D + U2 + D,
+                                             yout + r * D)
+    memcpy(grad_in, grad_out, bd * sizeof(floating))
+    for k in range(M - 1, -1, -1):
+        m = M - 1 - k if inverse else k
+        p = npass[m]
+        c = D - p
+        ix = idx + m * D
+        w = work + m * g.work_slot
+        yin = v if k == 0 else Y + (k - 1) * bd
+        yout = Y + k * bd
+        for r in range(B):
+            if inverse:
+                realnvp_coupling_inverse_backward_row(ix + p, c, E + k * bd + r * c,
+                                                      yout + r * D, gld[r], grad_in + r * D,
+                                                      ds + r * c, t + r * c)
+            else:
+                realnvp_coupling_backward_row(ix + p, c, E + k * bd + r * c, yin + r * D,
+                                              gld[r], grad_in + r * D, ds + r * c, t + r * c)
+        gather_rows(B, D, p, ix, yin, zp)
+        nets_backward(g, B, p, w, params, m, zp, H + k * L * lay, ds, t, dh, dh2, dzp,
+                      acc + m * g.acc_slot)
+        for r in range(B):
+            for i in range(p):
+                grad_in[r * D + ix[i]] += dzp[r * p + i]
+
+
+def vjp(bint inverse, const floating[::1] params, const floating[::1] work,
+        const int[:, ::1] idx, const int[::1] npass, int units, int layers, int block_rows,
+        const floating[:, ::1] v, const floating[:, ::1] grad_out,
+        const floating[::1] grad_log_det, floating[:, ::1] grad_in,
+        floating[::1] grad_params):
+    """Backward (inverse=False) or inverse_backward (inverse=True) of a batch."""
+    cdef Py_ssize_t n = v.shape[0]
+    cdef int D = <int>v.shape[1], M = <int>idx.shape[0], U2 = 2 * units
+    cdef Geom g = make_geom(D, units, layers, M)
+    cdef Py_ssize_t P = <Py_ssize_t>M * g.acc_slot
+    cdef Py_ssize_t nc = grad_chunks(n, P), c, r0, r1, j
+    cdef int B = block_rows, rows
+    cdef Py_ssize_t scratch = <Py_ssize_t>B * (2 * M * D + M * layers * U2 + 4 * D + 2 * U2)
+    dtype = np.asarray(params).dtype
+    cdef floating[:, ::1] partial = np.zeros((nc, P), dtype=dtype)
+    cdef int[::1] failed = np.zeros(1, dtype=np.intc)
+    cdef floating* buf = NULL
+    if n > 0:
+        with nogil, parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
+            buf = <floating*>malloc(scratch * sizeof(floating))
+            if buf == NULL:
+                failed[0] = 1
+            for c in prange(nc, schedule="dynamic"):
+                if buf == NULL:
+                    continue
+                r1 = chunk_start(n, c + 1, nc)
+                r0 = chunk_start(n, c, nc)
+                while r0 < r1:
+                    rows = <int>min(<Py_ssize_t>B, r1 - r0)
+                    vjp_block(inverse, g, rows, &params[0], &work[0], &idx[0, 0], &npass[0],
+                              &v[r0, 0], &grad_out[r0, 0], &grad_log_det[r0],
+                              &grad_in[r0, 0], &partial[c, 0], buf)
+                    r0 = r0 + rows
+            free(buf)
+        if failed[0]:
+            raise MemoryError("RealNVP: could not allocate the per-thread scratch buffer")
+        with nogil:
+            for c in range(1, nc):
+                for j in range(P):
+                    partial[0, j] += partial[c, j]
+    finish_grad(np.asarray(partial)[0], idx, npass, units, layers, grad_params)

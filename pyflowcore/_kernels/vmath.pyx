@@ -1,0 +1,158 @@
+# distutils: language = c++
+"""Test and benchmark entry points of the vectorisable math in ``csrc/pfc_vmath.h``.
+
+Design
+------
+The flow kernels call ``pfc::vm::exp``, ``log``, ``tanh``, ... inline inside
+their own ``omp simd`` loops; this module only exposes the same functions on
+contiguous 1-D arrays so that their accuracy and speed can be checked from
+Python:
+
+* ``exp, expm1, log, log1p, tanh(x, out, level=-1)`` run the header's
+  ``*_array`` helpers, i.e. the loop pattern the kernels use: one copy built
+  for baseline x86-64, one for AVX2+FMA and one for AVX-512, picked at run
+  time from the CPU's features (``cpu_level``).  ``level`` forces a lower copy
+  (0 baseline, 1 AVX2, 2 AVX-512) so that the tests cover every one the
+  machine can run; a level the CPU lacks falls back to the best it has.
+* ``exp_libm`` ... ``tanh_libm`` are the plain scalar loops over the C
+  library (``pfc::exp`` etc. from ``pfc_config.h``), the baseline for the
+  benchmark.
+
+All functions are fused over float32/float64, release the GIL, run on the
+calling thread (the benchmark measures one core) and write only ``out``,
+which may be ``x`` itself.
+"""
+
+from cython cimport floating
+
+
+cdef extern from "pfc_config.h" namespace "pfc" nogil:
+    ctypedef long long index_t
+    float libm_exp "pfc::exp"(float)
+    double libm_exp "pfc::exp"(double)
+    float libm_expm1 "pfc::expm1"(float)
+    double libm_expm1 "pfc::expm1"(double)
+    float libm_log "pfc::log"(float)
+    double libm_log "pfc::log"(double)
+    float libm_log1p "pfc::log1p"(float)
+    double libm_log1p "pfc::log1p"(double)
+    float libm_tanh "pfc::tanh"(float)
+    double libm_tanh "pfc::tanh"(double)
+
+
+cdef extern from "pfc_vmath.h" namespace "pfc::vm" nogil:
+    int cpu_level "pfc::vm::cpu_level"()
+    int LEVEL_BASELINE "pfc::vm::LEVEL_BASELINE"
+    int LEVEL_AVX2 "pfc::vm::LEVEL_AVX2"
+    int LEVEL_AVX512 "pfc::vm::LEVEL_AVX512"
+    void vm_exp_array "pfc::vm::exp_array"[T](const T* x, T* out, index_t n, int level)
+    void vm_expm1_array "pfc::vm::expm1_array"[T](const T* x, T* out, index_t n, int level)
+    void vm_log_array "pfc::vm::log_array"[T](const T* x, T* out, index_t n, int level)
+    void vm_log1p_array "pfc::vm::log1p_array"[T](const T* x, T* out, index_t n, int level)
+    void vm_tanh_array "pfc::vm::tanh_array"[T](const T* x, T* out, index_t n, int level)
+
+
+BASELINE = LEVEL_BASELINE
+AVX2 = LEVEL_AVX2
+AVX512 = LEVEL_AVX512
+
+
+def best_level():
+    """The widest instruction set this CPU runs: 0 baseline, 1 AVX2+FMA, 2 AVX-512."""
+    return cpu_level()
+
+
+cdef int _check(Py_ssize_t n, Py_ssize_t n_out) except -1:
+    if n != n_out:
+        raise ValueError(f"x and out must have the same length, got {n} and {n_out}")
+    return 0
+
+
+def exp(const floating[::1] x, floating[::1] out, int level=-1):
+    """out[i] = e^x[i] (vectorised pfc::vm::exp)."""
+    cdef Py_ssize_t n = x.shape[0]
+    _check(n, out.shape[0])
+    if n:
+        with nogil:
+            vm_exp_array(&x[0], &out[0], n, level)
+
+
+def expm1(const floating[::1] x, floating[::1] out, int level=-1):
+    """out[i] = e^x[i] - 1 (vectorised pfc::vm::expm1)."""
+    cdef Py_ssize_t n = x.shape[0]
+    _check(n, out.shape[0])
+    if n:
+        with nogil:
+            vm_expm1_array(&x[0], &out[0], n, level)
+
+
+def log(const floating[::1] x, floating[::1] out, int level=-1):
+    """out[i] = log(x[i]) (vectorised pfc::vm::log)."""
+    cdef Py_ssize_t n = x.shape[0]
+    _check(n, out.shape[0])
+    if n:
+        with nogil:
+            vm_log_array(&x[0], &out[0], n, level)
+
+
+def log1p(const floating[::1] x, floating[::1] out, int level=-1):
+    """out[i] = log(1 + x[i]) (vectorised pfc::vm::log1p)."""
+    cdef Py_ssize_t n = x.shape[0]
+    _check(n, out.shape[0])
+    if n:
+        with nogil:
+            vm_log1p_array(&x[0], &out[0], n, level)
+
+
+def tanh(const floating[::1] x, floating[::1] out, int level=-1):
+    """out[i] = tanh(x[i]) (vectorised pfc::vm::tanh)."""
+    cdef Py_ssize_t n = x.shape[0]
+    _check(n, out.shape[0])
+    if n:
+        with nogil:
+            vm_tanh_array(&x[0], &out[0], n, level)
+
+
+def exp_libm(const floating[::1] x, floating[::1] out):
+    """out[i] = exp(x[i]) through the C library, one scalar call per element."""
+    cdef Py_ssize_t n = x.shape[0], i
+    _check(n, out.shape[0])
+    with nogil:
+        for i in range(n):
+            out[i] = libm_exp(x[i])
+
+
+def expm1_libm(const floating[::1] x, floating[::1] out):
+    """out[i] = expm1(x[i]) through the C library."""
+    cdef Py_ssize_t n = x.shape[0], i
+    _check(n, out.shape[0])
+    with nogil:
+        for i in range(n):
+            out[i] = libm_expm1(x[i])
+
+
+def log_libm(const floating[::1] x, floating[::1] out):
+    """out[i] = log(x[i]) through the C library."""
+    cdef Py_ssize_t n = x.shape[0], i
+    _check(n, out.shape[0])
+    with nogil:
+        for i in range(n):
+            out[i] = libm_log(x[i])
+
+
+def log1p_libm(const floating[::1] x, floating[::1] out):
+    """out[i] = log1p(x[i]) through the C library."""
+    cdef Py_ssize_t n = x.shape[0], i
+    _check(n, out.shape[0])
+    with nogil:
+        for i in range(n):
+            out[i] = libm_log1p(x[i])
+
+
+def tanh_libm(const floating[::1] x, floating[::1] out):
+    """out[i] = tanh(x[i]) through the C library."""
+    cdef Py_ssize_t n = x.shape[0], i
+    _check(n, out.shape[0])
+    with nogil:
+        for i in range(n):
+            out[i] = libm_tanh(x[i])
