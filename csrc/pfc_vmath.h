@@ -46,7 +46,11 @@
  * Vector dispatch: PFC_VM_TARGET_AVX2 / PFC_VM_TARGET_AVX512 mark extra
  * copies of a hot loop compiled for those ISAs (the package itself is built
  * for baseline x86-64); pfc::vm::cpu_level() picks one at run time.  See
- * exp_array() below for the pattern the flow kernels follow.
+ * exp_array() below for the pattern the flow kernels follow.  gcc 12
+ * vectorises the float functions at every level, the double ones only with
+ * SSE4.2 or later (select_ needs a 64-bit compare mask, which SSE2 lacks):
+ * the baseline double copy is scalar, about as fast as glibc (tanh, expm1,
+ * log1p) or 2x slower (exp, log).
  */
 #ifndef PFC_VMATH_H
 #define PFC_VMATH_H

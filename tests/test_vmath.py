@@ -19,8 +19,8 @@ LEVELS = [lv for lv in (vmath.BASELINE, vmath.AVX2, vmath.AVX512) if lv <= vmath
 # (tanh) ulp; the bounds leave room for rounding differences between copies.
 MAX_ULP = {"exp": 1.0, "expm1": 1.5, "log": 1.0, "log1p": 1.0, "tanh": 2.5}
 
-# Dense sweeps over each function's interesting ranges (float32 clips the
-# exp ranges to its own overflow/underflow thresholds).
+# Dense sweeps over each function's interesting ranges (float32 has its own
+# where they reach past its overflow/underflow thresholds).
 SWEEPS = {
     "exp": [(-750.0, 712.0), (-1.0, 1.0), (-0.36, 0.36)],
     "expm1": [(-50.0, 712.0), (-2.0, 2.0), (-1e-5, 1e-5)],
@@ -28,7 +28,11 @@ SWEEPS = {
     "log1p": [(-1.0, 3.0), (-0.5, 0.5), (-1e-6, 1e-6)],
     "tanh": [(-25.0, 25.0), (-1.0, 1.0), (-1e-3, 1e-3)],
 }
-F32_LIMITS = {"exp": (-110.0, 90.0), "expm1": (-30.0, 90.0), "log": (0.0, 3.4e38)}
+F32_SWEEPS = {
+    "exp": [(-110.0, 90.0), (-1.0, 1.0), (-0.36, 0.36)],
+    "expm1": [(-30.0, 90.0), (-2.0, 2.0), (-1e-5, 1e-5)],
+    "log": [(0.0, 3.0), (0.5, 2.0), (1e30, 3.4e38)],
+}
 
 
 def run(name, x, level=-1):
@@ -83,18 +87,16 @@ def random_bits(dtype, n, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", FUNCS)
 def test_sweeps(name, dtype, level):
-    for lo, hi in SWEEPS[name]:
-        if dtype == np.float32 and name in F32_LIMITS:
-            flo, fhi = F32_LIMITS[name]
-            lo, hi = max(lo, flo), min(hi, fhi)
-        check(name, np.linspace(lo, hi, 300_001).astype(dtype), dtype, level)
+    sweeps = F32_SWEEPS.get(name, SWEEPS[name]) if dtype == np.float32 else SWEEPS[name]
+    for lo, hi in sweeps:
+        check(name, np.linspace(lo, hi, 100_001).astype(dtype), dtype, level)
 
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", FUNCS)
 def test_whole_exponent_range(name, dtype, level, rng):
-    x = random_bits(dtype, 200_000, rng)
+    x = random_bits(dtype, 100_000, rng)
     check(name, x, dtype, level)
     check(name, -x, dtype, level)
 
@@ -102,7 +104,7 @@ def test_whole_exponent_range(name, dtype, level, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_log_subnormal_and_tiny_inputs(dtype):
     tiny = np.finfo(dtype).smallest_subnormal
-    x = np.geomspace(tiny, np.finfo(dtype).tiny * 4, 100_001).astype(dtype)
+    x = np.geomspace(tiny, np.finfo(dtype).tiny * 4, 20_001).astype(dtype)
     for level in LEVELS:
         check("log", x, dtype, level)
         for name in ("expm1", "log1p", "tanh"):
@@ -181,5 +183,5 @@ def test_in_place_empty_and_odd_lengths(name, rng):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="same length"):
         vmath.tanh(np.zeros(3), np.zeros(4))
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="dtype mismatch"):
         vmath.tanh(np.zeros(3), np.zeros(3, dtype=np.float32))

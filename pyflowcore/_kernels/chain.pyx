@@ -38,155 +38,33 @@ from pyflowcore._kernels._parallel cimport (
     MIN_ROWS_PARALLEL, chunk_start, num_chunks)
 
 
-cdef extern from "elementwise.h" namespace "pfc" nogil:
-    int scale_work_size(int dim)
-    int scale_grad_acc_size(int dim)
-    void scale_prepare[T](const T* params, int dim, T* work)
-    T scale_forward_row[T](const T* work, int dim, const T* z, T* x)
-    T scale_inverse_row[T](const T* work, int dim, const T* x, T* z)
-    void scale_backward_row[T](const T* work, int dim, const T* z, const T* grad_x,
+cdef extern from "rowwise.h" namespace "pfc" nogil:
+    cpdef enum LayerKind:
+        KIND_SCALE
+        KIND_SHIFT
+        KIND_PLANAR
+        KIND_RADIAL
+    int layer_work_size(int kind, int dim)
+    int layer_grad_acc_size(int kind, int dim)
+    void layer_prepare[T](int kind, const T* params, int dim, T* work)
+    T layer_forward_row[T](int kind, const T* work, int dim, const T* z, T* x)
+    T layer_inverse_row[T](int kind, const T* work, int dim, const T* x, T* z)
+    void layer_backward_row[T](int kind, const T* work, int dim, const T* z, const T* grad_x,
                                T grad_log_det, T* grad_z, T* acc)
-    void scale_inverse_backward_row[T](const T* work, int dim, const T* x, const T* grad_z,
-                                       T grad_log_det, T* grad_x, T* acc)
-    void scale_finish_grad[T](const T* params, const T* work, int dim, const T* acc, T* grad)
-    int shift_work_size(int dim)
-    int shift_grad_acc_size(int dim)
-    void shift_prepare[T](const T* params, int dim, T* work)
-    T shift_forward_row[T](const T* work, int dim, const T* z, T* x)
-    T shift_inverse_row[T](const T* work, int dim, const T* x, T* z)
-    void shift_backward_row[T](const T* work, int dim, const T* z, const T* grad_x,
-                               T grad_log_det, T* grad_z, T* acc)
-    void shift_inverse_backward_row[T](const T* work, int dim, const T* x, const T* grad_z,
-                                       T grad_log_det, T* grad_x, T* acc)
-    void shift_finish_grad[T](const T* params, const T* work, int dim, const T* acc, T* grad)
+    void layer_inverse_backward_row[T](int kind, const T* work, int dim, const T* x,
+                                       const T* grad_z, T grad_log_det, T* grad_x, T* acc)
+    void layer_finish_grad[T](int kind, const T* params, const T* work, int dim,
+                              const T* acc, T* grad_params)
 
-cdef extern from "planar.h" namespace "pfc" nogil:
-    int planar_work_size(int dim)
-    int planar_grad_acc_size(int dim)
-    void planar_prepare[T](const T* params, int dim, T* work)
-    T planar_forward_row[T](const T* work, int dim, const T* z, T* x)
-    T planar_inverse_row[T](const T* work, int dim, const T* x, T* z)
-    void planar_backward_row[T](const T* work, int dim, const T* z, const T* grad_x,
-                                T grad_log_det, T* grad_z, T* acc)
-    void planar_inverse_backward_row[T](const T* work, int dim, const T* x, const T* grad_z,
-                                        T grad_log_det, T* grad_x, T* acc)
-    void planar_finish_grad[T](const T* params, const T* work, int dim, const T* acc, T* grad)
+cdef extern from "rowwise_cpu.h" namespace "pfc::vm" nogil:
+    int cpu_level()
 
-cdef extern from "radial.h" namespace "pfc" nogil:
-    int radial_work_size(int dim)
-    int radial_grad_acc_size(int dim)
-    void radial_prepare[T](const T* params, int dim, T* work)
-    T radial_forward_row[T](const T* work, int dim, const T* z, T* x)
-    T radial_inverse_row[T](const T* work, int dim, const T* x, T* z)
-    void radial_backward_row[T](const T* work, int dim, const T* z, const T* grad_x,
-                                T grad_log_det, T* grad_z, T* acc)
-    void radial_inverse_backward_row[T](const T* work, int dim, const T* x, const T* grad_z,
-                                        T grad_log_det, T* grad_x, T* acc)
-    void radial_finish_grad[T](const T* params, const T* work, int dim, const T* acc, T* grad)
-
-
-cpdef enum LayerKind:
-    KIND_SCALE = 0
-    KIND_SHIFT = 1
-    KIND_PLANAR = 2
-    KIND_RADIAL = 3
-
-
-# -- dispatch on the layer kind ----------------------------------------------
-
-cdef inline int work_size(int kind, int dim) noexcept nogil:
-    if kind == KIND_PLANAR:
-        return planar_work_size(dim)
-    if kind == KIND_RADIAL:
-        return radial_work_size(dim)
-    if kind == KIND_SCALE:
-        return scale_work_size(dim)
-    return shift_work_size(dim)
-
-
-cdef inline int grad_acc_size(int kind, int dim) noexcept nogil:
-    if kind == KIND_PLANAR:
-        return planar_grad_acc_size(dim)
-    if kind == KIND_RADIAL:
-        return radial_grad_acc_size(dim)
-    if kind == KIND_SCALE:
-        return scale_grad_acc_size(dim)
-    return shift_grad_acc_size(dim)
-
-
-cdef inline void layer_prepare(int kind, const floating* params, int dim,
-                               floating* work) noexcept nogil:
-    if kind == KIND_PLANAR:
-        planar_prepare(params, dim, work)
-    elif kind == KIND_RADIAL:
-        radial_prepare(params, dim, work)
-    elif kind == KIND_SCALE:
-        scale_prepare(params, dim, work)
-    else:
-        shift_prepare(params, dim, work)
-
-
-cdef inline floating layer_forward_row(int kind, const floating* work, int dim,
-                                       const floating* z, floating* x) noexcept nogil:
-    if kind == KIND_PLANAR:
-        return planar_forward_row(work, dim, z, x)
-    if kind == KIND_RADIAL:
-        return radial_forward_row(work, dim, z, x)
-    if kind == KIND_SCALE:
-        return scale_forward_row(work, dim, z, x)
-    return shift_forward_row(work, dim, z, x)
-
-
-cdef inline floating layer_inverse_row(int kind, const floating* work, int dim,
-                                       const floating* x, floating* z) noexcept nogil:
-    if kind == KIND_PLANAR:
-        return planar_inverse_row(work, dim, x, z)
-    if kind == KIND_RADIAL:
-        return radial_inverse_row(work, dim, x, z)
-    if kind == KIND_SCALE:
-        return scale_inverse_row(work, dim, x, z)
-    return shift_inverse_row(work, dim, x, z)
-
-
-cdef inline void layer_backward_row(int kind, const floating* work, int dim, const floating* z,
-                                    floating* grad, floating grad_log_det,
-                                    floating* acc) noexcept nogil:
-    # ``grad`` holds grad_x on entry and grad_z on return (the contract allows aliasing).
-    if kind == KIND_PLANAR:
-        planar_backward_row(work, dim, z, grad, grad_log_det, grad, acc)
-    elif kind == KIND_RADIAL:
-        radial_backward_row(work, dim, z, grad, grad_log_det, grad, acc)
-    elif kind == KIND_SCALE:
-        scale_backward_row(work, dim, z, grad, grad_log_det, grad, acc)
-    else:
-        shift_backward_row(work, dim, z, grad, grad_log_det, grad, acc)
-
-
-cdef inline void layer_inverse_backward_row(int kind, const floating* work, int dim,
-                                            const floating* x, floating* grad,
-                                            floating grad_log_det,
-                                            floating* acc) noexcept nogil:
-    if kind == KIND_PLANAR:
-        planar_inverse_backward_row(work, dim, x, grad, grad_log_det, grad, acc)
-    elif kind == KIND_RADIAL:
-        radial_inverse_backward_row(work, dim, x, grad, grad_log_det, grad, acc)
-    elif kind == KIND_SCALE:
-        scale_inverse_backward_row(work, dim, x, grad, grad_log_det, grad, acc)
-    else:
-        shift_inverse_backward_row(work, dim, x, grad, grad_log_det, grad, acc)
-
-
-cdef inline void layer_finish_grad(int kind, const floating* params, const floating* work,
-                                   int dim, const floating* acc,
-                                   floating* grad_params) noexcept nogil:
-    if kind == KIND_PLANAR:
-        planar_finish_grad(params, work, dim, acc, grad_params)
-    elif kind == KIND_RADIAL:
-        radial_finish_grad(params, work, dim, acc, grad_params)
-    elif kind == KIND_SCALE:
-        scale_finish_grad(params, work, dim, acc, grad_params)
-    else:
-        shift_finish_grad(params, work, dim, acc, grad_params)
+cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
+    enum:
+        BLOCK_ROWS
+    void chain_forward_block[T](int level, const int* kinds, const T* work,
+                                const long long* work_offsets, int K, int dim,
+                                Py_ssize_t nrows, const T* z, T* x, T* log_det, T* scratch)
 
 
 # -- the plan: where each layer's work and accumulator live ------------------
@@ -202,8 +80,8 @@ def plan(const int[::1] kinds, int dim):
     work = np.zeros(K + 1, dtype=np.int64)
     acc = np.zeros(K + 1, dtype=np.int64)
     for k in range(K):
-        work[k + 1] = work[k] + work_size(kinds[k], dim)
-        acc[k + 1] = acc[k] + grad_acc_size(kinds[k], dim)
+        work[k + 1] = work[k] + layer_work_size(kinds[k], dim)
+        acc[k + 1] = acc[k] + layer_grad_acc_size(kinds[k], dim)
     return work, acc
 
 
@@ -221,18 +99,20 @@ cdef inline void prepare_all(const int[::1] kinds, const floating* params,
 def forward(const int[::1] kinds, const floating[::1] params,
             const long long[::1] param_offsets, const long long[::1] work_offsets,
             const floating[:, ::1] z, floating[:, ::1] x, floating[::1] log_det):
-    cdef Py_ssize_t n = z.shape[0], i, k, K = kinds.shape[0]
-    cdef int dim = <int>z.shape[1]
+    cdef Py_ssize_t n = z.shape[0], blk, lo, num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    cdef int dim = <int>z.shape[1], K = <int>kinds.shape[0], level = cpu_level()
     cdef floating[::1] work = np.empty(max(work_offsets[K], 1), dtype=np.asarray(params).dtype)
-    cdef floating ld
+    cdef floating* scratch
     with nogil:
         prepare_all(kinds, &params[0], param_offsets, work_offsets, dim, &work[0])
-        for i in prange(n, schedule="static", use_threads_if=n >= MIN_ROWS_PARALLEL):
-            ld = layer_forward_row(kinds[0], &work[work_offsets[0]], dim, &z[i, 0], &x[i, 0])
-            for k in range(1, K):
-                ld = ld + layer_forward_row(kinds[k], &work[work_offsets[k]], dim,
-                                            &x[i, 0], &x[i, 0])
-            log_det[i] = ld
+        for blk in prange(num_blocks, schedule="static",
+                          use_threads_if=n >= MIN_ROWS_PARALLEL):
+            scratch = <floating*>malloc(2 * BLOCK_ROWS * sizeof(floating))
+            lo = blk * BLOCK_ROWS
+            chain_forward_block(level, &kinds[0], &work[0], &work_offsets[0], K, dim,
+                                min(BLOCK_ROWS, n - lo), &z[lo, 0], &x[lo, 0], &log_det[lo],
+                                scratch)
+            free(scratch)
 
 
 def inverse(const int[::1] kinds, const floating[::1] params,
@@ -283,7 +163,7 @@ def _vjp(bint inverse_map, const int[::1] kinds, const floating[::1] params,
                                           stack + k * dim, stack + (k + 1) * dim)
                     for k in range(K - 1, -1, -1):
                         layer_backward_row(kinds[k], &work[work_offsets[k]], dim,
-                                           stack + k * dim, g, gld, &partial[c, acc_offsets[k]])
+                                           stack + k * dim, g, gld, g, &partial[c, acc_offsets[k]])
                 else:
                     # The inverse runs layer K-1 first: stack[j] = input of the
                     # inverse of layer K-1-j; VJPs then go from layer 0 up.
@@ -292,7 +172,7 @@ def _vjp(bint inverse_map, const int[::1] kinds, const floating[::1] params,
                                           stack + j * dim, stack + (j + 1) * dim)
                     for k in range(K):
                         layer_inverse_backward_row(kinds[k], &work[work_offsets[k]], dim,
-                                                   stack + (K - 1 - k) * dim, g, gld,
+                                                   stack + (K - 1 - k) * dim, g, gld, g,
                                                    &partial[c, acc_offsets[k]])
             free(stack)
         for c in range(1, nc):
