@@ -35,26 +35,40 @@
 namespace pfc {
 namespace cpu {
 
-/* Rows per block: the block's rows (and two scratch values per row) stay in
- * L1 through all layers of a chain. */
-enum { BLOCK_ROWS = 128 };
+/* Rows per block: the block (transposed) and its per-row scratch stay in L1
+ * through all layers of a chain.  Every sweep runs over all BLOCK_ROWS rows,
+ * a compile-time trip count; a short last block is zero-padded and its
+ * padding rows are computed and discarded. */
+enum { BLOCK_ROWS = 128, LANES = 16 };
+
+/* Inside a block the rows are stored transposed, xt[i * BLOCK_ROWS + r] =
+ * x[r, i], so that every sweep runs along contiguous rows. */
+#define PFC_XT(i, r) xt[(index_t)(i) * BLOCK_ROWS + (r)]
+
+/* s[r] = b + sum_i w[i] (xt[i, r] - shift[i]) (shift may be null), LANES rows
+ * at a time with the partial sums held in registers. */
+template <typename T>
+PFC_VM_INLINE void block_dot(const T* w, T b, int dim, const T* xt, T* s) {
+    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+        T acc[LANES];
+        for (int l = 0; l < LANES; ++l) acc[l] = b;
+        for (int i = 0; i < dim; ++i) {
+            const T wi = w[i];
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) acc[l] += wi * PFC_XT(i, r0 + l);
+        }
+        for (int l = 0; l < LANES; ++l) s[r0 + l] = acc[l];
+    }
+}
 
 template <typename T>
-PFC_VM_INLINE void planar_forward_block(const T* work, int dim, index_t nrows, T* x, T* log_det,
-                                        T* scratch) {
+PFC_VM_INLINE void planar_forward_block(const T* work, int dim, T* xt, T* log_det, T* s) {
     const T* uhat = work;
     const T* w = work + dim;
     const T b = work[2 * dim], c = work[2 * dim + 1], sp = work[2 * dim + 2];
-    T* s = scratch;
-    T* t = scratch + BLOCK_ROWS;
-    for (index_t r = 0; r < nrows; ++r) {
-        const T* xr = x + r * dim;
-        T a = b;
-        for (int i = 0; i < dim; ++i) a += w[i] * xr[i];
-        s[r] = a;
-    }
+    block_dot(w, b, dim, xt, s);
     PFC_VM_PRAGMA_SIMD
-    for (index_t r = 0; r < nrows; ++r) {
+    for (int r = 0; r < BLOCK_ROWS; ++r) {
         const T sr = s[r];
         const T tr = vm::tanh(sr);
         const T e = vm::exp(T(-2) * vm::detail::fabs_(sr));
@@ -63,91 +77,124 @@ PFC_VM_INLINE void planar_forward_block(const T* work, int dim, index_t nrows, T
         const T q = hp * c;
         const T d = vm::detail::select_(q > T(-0.5), T(1) + q, tr * tr + hp * sp);
         log_det[r] += vm::log(d);
-        t[r] = tr;
+        s[r] = tr;
     }
-    for (index_t r = 0; r < nrows; ++r) {
-        T* xr = x + r * dim;
-        const T tr = t[r];
-        for (int i = 0; i < dim; ++i) xr[i] += uhat[i] * tr;
+    for (int i = 0; i < dim; ++i) {
+        const T ui = uhat[i];
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < BLOCK_ROWS; ++r) PFC_XT(i, r) += ui * s[r];
     }
 }
 
 template <typename T>
-PFC_VM_INLINE void radial_forward_block(const T* work, int dim, index_t nrows, T* x, T* log_det,
-                                        T* scratch) {
+PFC_VM_INLINE void radial_forward_block(const T* work, int dim, T* xt, T* log_det, T* scratch) {
     const T alpha = work[0], s = work[1];
     const T* z0 = work + 3;
     T* dist2 = scratch;
     T* g = scratch + BLOCK_ROWS;
-    /* Squares of normal numbers: below `tiny` the sum loses precision, above
-     * `huge` it may overflow. */
-    const T tiny = T(1) / (limits<T>::max() * limits<T>::eps());
-    const T huge = limits<T>::max() * limits<T>::eps();
-    for (index_t r = 0; r < nrows; ++r) {
-        const T* xr = x + r * dim;
-        T ss = T(0);
-        for (int i = 0; i < dim; ++i) {
-            const T di = xr[i] - z0[i];
-            ss += di * di;
+    T* row = scratch + 2 * BLOCK_ROWS;
+    for (int r = 0; r < BLOCK_ROWS; ++r) dist2[r] = T(0);
+    for (int i = 0; i < dim; ++i) {
+        const T z0i = z0[i];
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < BLOCK_ROWS; ++r) {
+            const T di = PFC_XT(i, r) - z0i;
+            dist2[r] += di * di;
         }
-        dist2[r] = ss;
     }
     const T dim_minus_1 = T(dim - 1);
     PFC_VM_PRAGMA_SIMD
-    for (index_t r = 0; r < nrows; ++r) {
+    for (int r = 0; r < BLOCK_ROWS; ++r) {
         const T rr = pfc::sqrt(dist2[r]);
         const T inv = T(1) / (alpha + rr);
         const T u = rr * inv, v = alpha * inv;
-        const T gr = s * inv + u;                 /* 1 + beta h */
-        const T g2 = u * (T(1) + v) + s * inv * v; /* 1 + beta h + beta h' r */
+        const T gr = s * inv + u;                   /* 1 + beta h */
+        const T g2 = u * (T(1) + v) + s * inv * v;  /* 1 + beta h + beta h' r */
         log_det[r] += dim_minus_1 * vm::log(gr) + vm::log(g2);
         g[r] = gr;
     }
-    for (index_t r = 0; r < nrows; ++r) {
-        T* xr = x + r * dim;
+    /* Rows whose squared distance under- or overflows (points within ~1e-150
+     * of z0 or beyond ~1e150) are redone by the row function, which rescales. */
+    const T tiny = T(1) / (limits<T>::max() * limits<T>::eps());
+    const T huge = limits<T>::max() * limits<T>::eps();
+    for (int r = 0; r < BLOCK_ROWS; ++r) {
         const T ss = dist2[r];
         if (ss < tiny || ss > huge) {
-            /* Undo this row's log_det term and take the rescaling row path
-             * (rare: points within ~1e-150 of z0 or beyond ~1e150). */
-            if (ss == ss) {
-                const T rr = pfc::sqrt(ss);
-                const T inv = T(1) / (alpha + rr);
-                const T u = rr * inv, v = alpha * inv;
-                log_det[r] -= dim_minus_1 * pfc::log(s * inv + u) + pfc::log(u * (T(1) + v) + s * inv * v);
-                log_det[r] += radial_forward_row(work, dim, xr, xr);
-                continue;
-            }
+            const T rr = pfc::sqrt(ss);
+            const T inv = T(1) / (alpha + rr);
+            const T u = rr * inv, v = alpha * inv;
+            log_det[r] -= dim_minus_1 * pfc::log(s * inv + u) + pfc::log(u * (T(1) + v) + s * inv * v);
+            for (int i = 0; i < dim; ++i) row[i] = PFC_XT(i, r);
+            log_det[r] += radial_forward_row(work, dim, row, row);
+            for (int i = 0; i < dim; ++i) PFC_XT(i, r) = row[i];
+            g[r] = T(1);  /* the update below then leaves the row as it is */
         }
-        const T gr = g[r];
-        for (int i = 0; i < dim; ++i) xr[i] = z0[i] + gr * (xr[i] - z0[i]);
+    }
+    for (int i = 0; i < dim; ++i) {
+        const T z0i = z0[i];
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < BLOCK_ROWS; ++r) PFC_XT(i, r) = z0i + g[r] * (PFC_XT(i, r) - z0i);
     }
 }
 
-/* One block of rows through layers [0, K): x = f(z) in place of the output
- * rows, log_det written. */
+template <typename T>
+PFC_VM_INLINE void scale_forward_block(const T* work, int dim, T* xt, T* log_det) {
+    for (int i = 0; i < dim; ++i) {
+        const T ai = work[i];
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < BLOCK_ROWS; ++r) PFC_XT(i, r) *= ai;
+    }
+    for (int r = 0; r < BLOCK_ROWS; ++r) log_det[r] += work[dim];
+}
+
+template <typename T>
+PFC_VM_INLINE void shift_forward_block(const T* work, int dim, T* xt) {
+    for (int i = 0; i < dim; ++i) {
+        const T bi = work[i];
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < BLOCK_ROWS; ++r) PFC_XT(i, r) += bi;
+    }
+}
+
+/* Scratch values one block needs: the transposed rows, the block's log_det,
+ * two per-row values and one row. */
+PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
+    return (dim + 3) * BLOCK_ROWS + dim;
+}
+
+/* One block of rows through layers [0, K): x = f(z) for rows [0, nrows) of
+ * z and x (row-major, nrows <= BLOCK_ROWS), log_det written. */
 template <typename T>
 PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
                                             const long long* work_offsets, int K, int dim,
                                             index_t nrows, const T* z, T* x, T* log_det,
                                             T* scratch) {
-    for (index_t j = 0; j < nrows * dim; ++j) x[j] = z[j];
-    for (index_t r = 0; r < nrows; ++r) log_det[r] = T(0);
+    T* xt = scratch;
+    T* ld = scratch + (index_t)dim * BLOCK_ROWS;
+    T* rest = ld + BLOCK_ROWS;
+    for (index_t r = 0; r < nrows; ++r) {
+        for (int i = 0; i < dim; ++i) PFC_XT(i, r) = z[r * dim + i];
+    }
+    for (index_t r = nrows; r < BLOCK_ROWS; ++r) {
+        for (int i = 0; i < dim; ++i) PFC_XT(i, r) = T(0);
+    }
+    for (int r = 0; r < BLOCK_ROWS; ++r) ld[r] = T(0);
     for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
         switch (kinds[k]) {
-            case KIND_PLANAR:
-                planar_forward_block(wk, dim, nrows, x, log_det, scratch);
-                break;
-            case KIND_RADIAL:
-                radial_forward_block(wk, dim, nrows, x, log_det, scratch);
-                break;
-            default:
-                for (index_t r = 0; r < nrows; ++r) {
-                    log_det[r] += layer_forward_row(kinds[k], wk, dim, x + r * dim, x + r * dim);
-                }
+            case KIND_PLANAR: planar_forward_block(wk, dim, xt, ld, rest); break;
+            case KIND_RADIAL: radial_forward_block(wk, dim, xt, ld, rest); break;
+            case KIND_SCALE: scale_forward_block(wk, dim, xt, ld); break;
+            default: shift_forward_block(wk, dim, xt);
         }
     }
+    for (index_t r = 0; r < nrows; ++r) {
+        for (int i = 0; i < dim; ++i) x[r * dim + i] = PFC_XT(i, r);
+        log_det[r] = ld[r];
+    }
 }
+
+#undef PFC_XT
 
 #if PFC_VM_DISPATCH
 template <typename T>
@@ -172,8 +219,8 @@ PFC_VM_TARGET_AVX512 void chain_forward_block_avx512(const int* kinds, const T* 
 }
 #endif
 
-/* The forward pass of rows [0, nrows), nrows <= BLOCK_ROWS; `scratch` holds
- * 2 * BLOCK_ROWS values.  `level` is vm::cpu_level(), read once per call. */
+/* The forward pass of one block (see chain_forward_block_impl); `level` is
+ * vm::cpu_level(), read once per call. */
 template <typename T>
 inline void chain_forward_block(int level, const int* kinds, const T* work,
                                 const long long* work_offsets, int K, int dim, index_t nrows,

@@ -62,6 +62,7 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::vm" nogil:
 cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
     enum:
         BLOCK_ROWS
+    int chain_block_scratch_size(int dim)
     void chain_forward_block[T](int level, const int* kinds, const T* work,
                                 const long long* work_offsets, int K, int dim,
                                 Py_ssize_t nrows, const T* z, T* x, T* log_det, T* scratch)
@@ -107,7 +108,7 @@ def forward(const int[::1] kinds, const floating[::1] params,
         prepare_all(kinds, &params[0], param_offsets, work_offsets, dim, &work[0])
         for blk in prange(num_blocks, schedule="static",
                           use_threads_if=n >= MIN_ROWS_PARALLEL):
-            scratch = <floating*>malloc(2 * BLOCK_ROWS * sizeof(floating))
+            scratch = <floating*>malloc(chain_block_scratch_size(dim) * sizeof(floating))
             lo = blk * BLOCK_ROWS
             chain_forward_block(level, &kinds[0], &work[0], &work_offsets[0], K, dim,
                                 min(BLOCK_ROWS, n - lo), &z[lo, 0], &x[lo, 0], &log_det[lo],

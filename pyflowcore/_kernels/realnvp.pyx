@@ -31,10 +31,16 @@ GEMM threading.  OpenBLAS runs a GEMM on its own thread pool once
 m*n*k > 2^18 (its interface/gemm.c threshold); called from inside our OpenMP
 team that would oversubscribe the cores and serialise the callers on
 OpenBLAS's server lock.  The block height is therefore chosen so that every
-GEMM of a block stays below that size (and at least 16 rows, at most 512);
-measured on dim 16, 8 masks, 2 x 64 units this row-block ``prange`` beats a
-whole-batch GEMM per layer, whose N x 2U activations stream through memory
-once per layer (see the class docstring of ``RealNVP`` for timings).
+GEMM of a block stays below that size (and at least 16 rows, at most 512).
+
+Measured (2-core shared development machine, dim 16, 8 masks, 2 x 64 units,
+N = 65536, float64, best of 3): 64-row blocks (the rule's choice) forward
+1.5 s, backward including its forward recompute 1.8 s; 32-row blocks
+1.8 s / 2.9 s; 128-row blocks, whose hidden GEMMs cross the threshold,
+3.5-5 s / 4.7-8.8 s; one whole-batch GEMM per layer (OpenBLAS threading
+it) 2.9-7.2 s forward.  A profile of the forward shows ~80% of the time in
+libm's tanh (134M evaluations), ~8% in the GEMMs: tanh, not BLAS, bounds
+this kernel.
 
 Backward passes (``vjp``) recompute the forward of each block while keeping
 every coupling's input rows, tanh activations and exp(+-s) values in the
@@ -62,8 +68,10 @@ from pyflowcore._kernels._parallel cimport (
     MAX_CHUNKS, MIN_ROWS_PARALLEL, chunk_start, num_chunks)
 
 
+cdef extern from "realnvp_cpu.h" namespace "pfc::cpu" nogil:
+    void realnvp_bias_tanh_block[T](T* h, Py_ssize_t ld, const T* bias, Py_ssize_t rows, int n)
+
 cdef extern from "realnvp.h" namespace "pfc" nogil:
-    void realnvp_tanh_row[T](T* h, const T* bias, int n)
     void realnvp_tanh_grad_row[T](T* d, const T* h, int n)
     T realnvp_coupling_forward_row[T](const int* changed, int nc, T* s_raw, const T* t_raw,
                                       const T* bias_s, const T* bias_t, T* x)
@@ -233,15 +241,13 @@ cdef void nets_forward(Geom g, int rows, int p, const floating* w, const floatin
     cdef const floating* hid
     cdef floating* hl
     gemm_rm(c'N', c'T', rows, U2, p, 1, zp, p, w, p, 0, h, U2)
-    for r in range(rows):
-        realnvp_tanh_row(h + r * U2, w + 2 * U * D, U2)
+    realnvp_bias_tanh_block(h, U2, w + 2 * U * D, rows, U2)
     for l in range(1, g.layers):
         hl = h + l * lay
         for k in range(2):
             hid = params + (2 * m + k) * g.net_size + U * D + U + (l - 1) * (U + 1) * U
             gemm_rm(c'N', c'T', rows, U, U, 1, hl - lay + k * U, U2, hid, U, 0, hl + k * U, U2)
-            for r in range(rows):
-                realnvp_tanh_row(hl + r * U2 + k * U, hid + U * U, U)
+            realnvp_bias_tanh_block(hl + k * U, U2, hid + U * U, rows, U)
     hl = h + (g.layers - 1) * lay
     gemm_rm(c'N', c'T', rows, c, U, 1, hl, U2, w + 2 * U * D + U2, U, 0, s, c)
     gemm_rm(c'N', c'T', rows, c, U, 1, hl + U, U2, w + 3 * U * D + U2, U, 0, t, c)

@@ -128,9 +128,8 @@ class RealNVP(Flow):
     zero.
 
     The CPU kernels process the batch in blocks of rows with BLAS GEMMs on
-    the passed entries only.  Measured on this project's 2-core development
-    machine (dim 16, 8 masks, 2 x 64 units, N = 65536, float64): see the
-    report in ``pyflowcore/_kernels/realnvp.pyx``.
+    the passed entries only; the design note of
+    ``pyflowcore/_kernels/realnvp.pyx`` has the block-size measurements.
     """
 
     def __init__(self, dim, num_masks=2, num_layers=1, units=32, *, dtype="float64", rng=None):

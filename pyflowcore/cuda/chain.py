@@ -1,0 +1,230 @@
+"""CUDA drivers of the row-wise flows and of ``Chain``.
+
+``RowwiseRun`` runs a run of row-wise layers (ElementwiseScale, Shift,
+Planar, Radial) with the fused kernels of ``csrc/chain.cu``, exactly the
+runs that ``pyflowcore/_kernels/chain.pyx`` fuses on the CPU; a single
+row-wise flow is a run of one.  ``ChainEngine`` strings the units of a chain
+together as ``Chain`` does on the CPU, with CuPy buffers.
+"""
+
+import cupy
+import numpy as np
+
+from pyflowcore._kernels import chain as _cpu_chain
+from pyflowcore.cuda import _launch
+from pyflowcore.cuda._launch import i32, i64, odd
+from pyflowcore.cuda._module import kernel
+
+# Work coefficients and per-warp accumulators go to shared memory up to this size each.
+WORK_SMEM = 16 * 1024
+ACC_SMEM = 16 * 1024
+# Cap on the thread-minor stack of layer inputs kept by the VJP kernels.
+STACK_BUDGET = 256 * 1024 * 1024
+# Resident threads per SM aimed at by the VJP kernels: fewer than for the
+# transforms, which bounds the stack (it scales with the number of threads).
+VJP_THREADS_PER_SM = 1024
+
+
+def kind_code(flow):
+    """The layer code of a row-wise flow (``chain.pyx``'s ``LayerKind``, which
+    ``csrc/chain.cu``'s ``ChainKind`` mirrors)."""
+    return int(_cpu_chain.LayerKind[f"KIND_{flow._row_kind.upper()}"])
+
+
+class RowwiseRun:
+    """A run of row-wise layers whose parameters are ``owner._params[lo:hi]``.
+
+    The parameter view is taken at every call, so in-place updates (and
+    ``set_params``) are always seen.
+    """
+
+    def __init__(self, layers, owner, lo=0, hi=None):
+        self._owner = owner
+        self._lo, self._hi = lo, hi
+        self.dim = layers[0].dim
+        self.dtype = layers[0].dtype
+        self.K = len(layers)
+        kinds = np.array([kind_code(f) for f in layers], dtype=np.intc)
+        param_off = np.cumsum([0] + [f.num_params for f in layers], dtype=np.int64)
+        # Offsets from the headers' X_work_size / X_grad_acc_size, as on the CPU.
+        work_off, acc_off = _cpu_chain.plan(kinds, self.dim)
+        self.work_total = int(work_off[-1])
+        self.acc_total = int(acc_off[-1])
+        self.acc_max = int(np.diff(acc_off).max())
+        self._kinds = cupy.asarray(kinds)
+        self._param_off = cupy.asarray(param_off)
+        self._work_off = cupy.asarray(work_off)
+        self._acc_off = cupy.asarray(acc_off)
+        self._itemsize = self.dtype.itemsize
+
+    def _params(self):
+        p = self._owner._params
+        return p[self._lo:self._hi]
+
+    def _work(self, params):
+        work = cupy.empty(max(self.work_total, 1), dtype=self.dtype)
+        kernel("chain", "chain_prepare", self.dtype)(
+            ((self.K + 31) // 32,), (32,),
+            (self._kinds, i32(self.K), params, self._param_off, self._work_off, i32(self.dim), work))
+        return work
+
+    # -- forward / inverse ------------------------------------------------
+    def _transform(self, inverse, v, out, log_det):
+        n = v.shape[0]
+        if n == 0:
+            return
+        params = self._params()
+        work = self._work(params)
+        item = self._itemsize
+        work_in_smem = self.work_total * item <= WORK_SMEM
+        stride = odd(self.dim)
+        B, G, rows_in_smem, smem = _launch.plan(
+            n, stride, item, lambda B: self.work_total * item if work_in_smem else 0)
+        rows_g = self._dummy() if rows_in_smem else cupy.empty(G * B * stride, dtype=self.dtype)
+        kernel("chain", "chain_transform", self.dtype)(
+            (G,), (B,),
+            (i32(inverse), self._kinds, i32(self.K), self._work_off, work, i64(self.work_total),
+             i32(work_in_smem), i32(self.dim), i64(n), v, out, log_det, rows_g,
+             i32(rows_in_smem), i32(stride)),
+            shared_mem=smem)
+
+    def _forward(self, z, x, log_det):
+        self._transform(False, z, x, log_det)
+
+    def _inverse(self, x, z, log_det):
+        self._transform(True, x, z, log_det)
+
+    # -- vector-Jacobian products -------------------------------------------
+    def _vjp(self, inverse, v, grad_out, grad_log_det, grad_in, grad_params):
+        n = v.shape[0]
+        params = self._params()
+        work = self._work(params)
+        item = self._itemsize
+        A = self.acc_total
+        work_in_smem = self.work_total * item <= WORK_SMEM
+        acc_in_smem = 4 * A * item <= ACC_SMEM
+        if n > 0:
+            ld = odd(self.dim)
+            stride = odd(2 * ld + self.acc_max)
+
+            def fixed(B):
+                return ((self.work_total if work_in_smem else 0)
+                        + ((B // 32) * A if acc_in_smem else 0)) * item
+
+            B, G, rows_in_smem, smem = _launch.plan(n, stride, item, fixed, VJP_THREADS_PER_SM)
+            per_thread_stack = (self.K - 1) * self.dim * item
+            if per_thread_stack and G * B * per_thread_stack > STACK_BUDGET:
+                G = max(1, min(G, STACK_BUDGET // (B * per_thread_stack)))
+            stack = cupy.empty(max(G * B * (self.K - 1) * self.dim, 1), dtype=self.dtype)
+            nslots = G if acc_in_smem else G * (B // 32)
+            partial = cupy.zeros(max(nslots * A, 1), dtype=self.dtype)
+            rows_g = self._dummy() if rows_in_smem else cupy.empty(G * B * stride, dtype=self.dtype)
+            kernel("chain", "chain_vjp", self.dtype)(
+                (G,), (B,),
+                (i32(inverse), self._kinds, i32(self.K), self._work_off, self._acc_off, work,
+                 i64(self.work_total), i32(work_in_smem), i32(self.dim), i64(n), v, grad_out,
+                 grad_log_det, grad_in, stack, partial, i32(acc_in_smem), rows_g,
+                 i32(rows_in_smem), i32(stride), i32(ld)),
+                shared_mem=smem)
+        else:
+            nslots = 0
+            partial = self._dummy()
+        acc = cupy.empty(max(A, 1), dtype=self.dtype)
+        threads = 256
+        kernel("chain", "chain_reduce", self.dtype)(
+            (max(1, min(-(-A // threads), 1024)),), (threads,),
+            (partial, i64(nslots), i64(A), acc))
+        kernel("chain", "chain_finish", self.dtype)(
+            ((self.K + 31) // 32,), (32,),
+            (self._kinds, i32(self.K), params, self._param_off, work, self._work_off, acc,
+             self._acc_off, i32(self.dim), grad_params))
+
+    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
+        self._vjp(False, z, grad_x, grad_log_det, grad_z, grad_params)
+
+    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
+        self._vjp(True, x, grad_z, grad_log_det, grad_x, grad_params)
+
+    def _dummy(self):
+        return cupy.empty(1, dtype=self.dtype)
+
+
+class ChainEngine:
+    """A ``Chain`` on the GPU: its units (runs of row-wise layers, fused, and
+    the other layers' own engines) applied in turn, as ``Chain`` does on the
+    CPU."""
+
+    def __init__(self, chain, engine_for):
+        self.dtype = chain.dtype
+        self._units = []
+        run = []
+
+        def close_run():
+            if run:
+                lo, hi = chain._slices[run[0]].start, chain._slices[run[-1]].stop
+                self._units.append((RowwiseRun([chain.layers[k] for k in run], chain, lo, hi),
+                                    slice(lo, hi)))
+                run.clear()
+
+        for k, f in enumerate(chain.layers):
+            if getattr(f, "_row_kind", None) is not None:
+                run.append(k)
+            else:
+                close_run()
+                self._units.append((engine_for(f), chain._slices[k]))
+        close_run()
+
+    def _forward(self, z, x, log_det):
+        K = len(self._units)
+        unit_log_det = cupy.empty_like(log_det)
+        scratch = cupy.empty_like(x) if K > 1 else x
+        bufs = (x, scratch) if K % 2 == 1 else (scratch, x)
+        cur = z
+        for k, (unit, _) in enumerate(self._units):
+            nxt = bufs[k % 2]
+            unit._forward(cur, nxt, log_det if k == 0 else unit_log_det)
+            if k:
+                log_det += unit_log_det
+            cur = nxt
+
+    def _inverse(self, x, z, log_det):
+        K = len(self._units)
+        unit_log_det = cupy.empty_like(log_det)
+        scratch = cupy.empty_like(z) if K > 1 else z
+        bufs = (z, scratch) if K % 2 == 1 else (scratch, z)
+        cur = x
+        for k, (unit, _) in enumerate(reversed(self._units)):
+            nxt = bufs[k % 2]
+            unit._inverse(cur, nxt, log_det if k == 0 else unit_log_det)
+            if k:
+                log_det += unit_log_det
+            cur = nxt
+
+    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
+        unit_log_det = cupy.empty(z.shape[0], dtype=self.dtype)
+        inputs = [z]
+        for unit, _ in self._units[:-1]:
+            nxt = cupy.empty_like(z)
+            unit._forward(inputs[-1], nxt, unit_log_det)
+            inputs.append(nxt)
+        g = grad_x
+        for k in range(len(self._units) - 1, -1, -1):
+            unit, sl = self._units[k]
+            g_in = grad_z if k == 0 else cupy.empty_like(z)
+            unit._backward(inputs[k], g, grad_log_det, g_in, grad_params[sl])
+            g = g_in
+
+    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
+        unit_log_det = cupy.empty(x.shape[0], dtype=self.dtype)
+        K = len(self._units)
+        ys = [None] * (K + 1)
+        ys[K] = x
+        for k in range(K - 1, 0, -1):
+            ys[k] = cupy.empty_like(x)
+            self._units[k][0]._inverse(ys[k + 1], ys[k], unit_log_det)
+        g = grad_z
+        for k in range(K):
+            unit, sl = self._units[k]
+            g_in = grad_x if k == K - 1 else cupy.empty_like(x)
+            unit._inverse_backward(ys[k + 1], g, grad_log_det, g_in, grad_params[sl])
+            g = g_in
