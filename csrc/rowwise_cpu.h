@@ -21,8 +21,8 @@
  *
  * The formulas are those of planar.h and radial.h, in forms without
  * branches: t = tanh(s), hp = 1 - t^2 = 4e/(1+e)^2 with e = exp(-2|s|)
- * (relative accuracy kept for large |s|), and log D with D = 1 + hp c when
- * hp c > -1/2, else t^2 + hp sp (no cancellation near c = -1).  Radial rows
+ * (relative accuracy kept for large |s|), and log D as log1p(hp c) when
+ * hp c > -1/2, else log(t^2 + hp sp) (no cancellation near c = -1).  Radial rows
  * whose squared distance under- or overflows take the row function, which
  * rescales.
  */
@@ -75,8 +75,10 @@ PFC_VM_INLINE void planar_forward_block(const T* work, int dim, T* xt, T* log_de
         const T inv = T(1) / (T(1) + e);
         const T hp = T(4) * e * inv * inv;
         const T q = hp * c;
-        const T d = vm::detail::select_(q > T(-0.5), T(1) + q, tr * tr + hp * sp);
-        log_det[r] += vm::log(d);
+        /* Both forms, then a select: log1p keeps log D's relative accuracy
+         * far into the tails (D -> 1), the sum of squares near D -> 0. */
+        const T near_one = vm::log1p(q), near_zero = vm::log(tr * tr + hp * sp);
+        log_det[r] += vm::detail::select_(q > T(-0.5), near_one, near_zero);
         s[r] = tr;
     }
     for (int i = 0; i < dim; ++i) {

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from pyflowcore._kernels import chain as _chain_kernels
+from pyflowcore._kernels.rowwise import RowwiseRun
 from pyflowcore.flows._base import Flow
+from pyflowcore.flows._rowwise import layer_kind
 
 
 def _flatten(flows):
@@ -101,7 +102,7 @@ class Chain(Flow):
             run.clear()
 
         for k, f in enumerate(self.layers):
-            if getattr(f, "_row_kind", None) is not None:
+            if layer_kind(f) is not None:
                 run.append(k)
             else:
                 close_run()
@@ -171,34 +172,22 @@ class Chain(Flow):
 
 
 class _FusedRun:
-    """A run of row-wise layers executed by the fused kernels of ``_kernels.chain``.
-
-    Holds a view of the chain's parameters for the run, so parameter updates
-    are seen without any copy.
-    """
+    """A run of row-wise layers executed as one by ``_kernels.rowwise``,
+    holding a view of the chain's parameters for the run."""
 
     def __init__(self, layers, params):
-        dim = layers[0].dim
         self._params = params
-        self._kinds = np.array([_chain_kernels.LayerKind[f"KIND_{f._row_kind.upper()}"]
-                                for f in layers], dtype=np.intc)
-        self._param_offsets = np.cumsum([0] + [f.num_params for f in layers], dtype=np.int64)
-        self._work_offsets, self._acc_offsets = _chain_kernels.plan(self._kinds, dim)
+        self._run = RowwiseRun([layer_kind(f) for f in layers], [f.num_params for f in layers],
+                               layers[0].dim)
 
     def _forward(self, z, x, log_det):
-        _chain_kernels.forward(self._kinds, self._params, self._param_offsets,
-                               self._work_offsets, z, x, log_det)
+        self._run.forward(self._params, z, x, log_det)
 
     def _inverse(self, x, z, log_det):
-        _chain_kernels.inverse(self._kinds, self._params, self._param_offsets,
-                               self._work_offsets, x, z, log_det)
+        self._run.inverse(self._params, x, z, log_det)
 
     def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
-        _chain_kernels.backward(self._kinds, self._params, self._param_offsets,
-                                self._work_offsets, self._acc_offsets,
-                                z, grad_x, grad_log_det, grad_z, grad_params)
+        self._run.backward(self._params, z, grad_x, grad_log_det, grad_z, grad_params)
 
     def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
-        _chain_kernels.inverse_backward(self._kinds, self._params, self._param_offsets,
-                                        self._work_offsets, self._acc_offsets,
-                                        x, grad_z, grad_log_det, grad_x, grad_params)
+        self._run.inverse_backward(self._params, x, grad_z, grad_log_det, grad_x, grad_params)

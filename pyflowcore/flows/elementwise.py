@@ -1,12 +1,9 @@
 """Elementwise flows: ``ElementwiseScale`` and ``Shift``."""
 
-import numpy as np
-
-from pyflowcore._kernels import elementwise as _k
-from pyflowcore.flows._base import Flow
+from pyflowcore.flows._rowwise import RowwiseFlow
 
 
-class ElementwiseScale(Flow):
+class ElementwiseScale(RowwiseFlow):
     """Elementwise scaling ``x = a * z``.
 
     ``log|det df/dz| = sum_i log|a_i|``.
@@ -26,7 +23,7 @@ class ElementwiseScale(Flow):
     of ``inf``/``nan``, as the formula says.
     """
 
-    _row_kind = "scale"  # fused in chains (see _kernels/chain.pyx)
+    _row_kind = "scale"
 
     def __init__(self, dim, *, dtype="float64", rng=None):
         super().__init__(dim, dim, dtype)
@@ -35,20 +32,8 @@ class ElementwiseScale(Flow):
     def _config(self):
         return {"dim": self.dim, "dtype": self.dtype.name}
 
-    def _forward(self, z, x, log_det):
-        _k.scale_forward(self._params, z, x, log_det)
 
-    def _inverse(self, x, z, log_det):
-        _k.scale_inverse(self._params, x, z, log_det)
-
-    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
-        _k.scale_backward(self._params, z, grad_x, grad_log_det, grad_z, grad_params)
-
-    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
-        _k.scale_inverse_backward(self._params, x, grad_z, grad_log_det, grad_x, grad_params)
-
-
-class Shift(Flow):
+class Shift(RowwiseFlow):
     """Translation ``x = z + b``, with ``log|det df/dz| = 0``.
 
     Parameters
@@ -70,17 +55,3 @@ class Shift(Flow):
 
     def _config(self):
         return {"dim": self.dim, "dtype": self.dtype.name}
-
-    def _forward(self, z, x, log_det):
-        _k.shift_forward(self._params, z, x, log_det)
-
-    def _inverse(self, x, z, log_det):
-        _k.shift_inverse(self._params, x, z, log_det)
-
-    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
-        grad_z[...] = grad_x
-        _k.column_sum(grad_x, grad_params, 1)
-
-    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
-        grad_x[...] = grad_z
-        _k.column_sum(grad_z, grad_params, -1)

@@ -1,13 +1,11 @@
 """The planar flow."""
 
-import numpy as np
-
-from pyflowcore._kernels import planar as _k
 from pyflowcore._validation import check_rng
-from pyflowcore.flows._base import Flow, glorot_uniform
+from pyflowcore.flows._base import glorot_uniform
+from pyflowcore.flows._rowwise import RowwiseFlow
 
 
-class Planar(Flow):
+class Planar(RowwiseFlow):
     """Planar flow (Rezende & Mohamed 2015, appendix A.1), ``h = tanh``.
 
     Moves every point along one direction by an amount that depends on its
@@ -74,7 +72,7 @@ class Planar(Flow):
     ``J^{-T} = I - h' w uhat^T / (1 + h' w.uhat)`` (Sherman-Morrison).
     """
 
-    _row_kind = "planar"  # fused in chains (see _kernels/chain.pyx)
+    _row_kind = "planar"
 
     def __init__(self, dim, *, dtype="float64", rng=None):
         super().__init__(dim, 2 * dim + 1, dtype)
@@ -85,19 +83,7 @@ class Planar(Flow):
     @property
     def uhat(self):
         """The effective direction ``uhat(u, w)``, with ``w.uhat >= -1``."""
-        return _k.planar_work(np.ascontiguousarray(self._params), self.dim)[:self.dim].copy()
+        return self._run.prepare(self._params)[:self.dim]
 
     def _config(self):
         return {"dim": self.dim, "dtype": self.dtype.name}
-
-    def _forward(self, z, x, log_det):
-        _k.planar_forward(self._params, z, x, log_det)
-
-    def _inverse(self, x, z, log_det):
-        _k.planar_inverse(self._params, x, z, log_det)
-
-    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
-        _k.planar_backward(self._params, z, grad_x, grad_log_det, grad_z, grad_params)
-
-    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
-        _k.planar_inverse_backward(self._params, x, grad_z, grad_log_det, grad_x, grad_params)

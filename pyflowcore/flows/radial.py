@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from pyflowcore._kernels import radial as _k
 from pyflowcore._validation import check_rng
-from pyflowcore.flows._base import Flow, glorot_uniform
+from pyflowcore.flows._base import glorot_uniform
+from pyflowcore.flows._rowwise import RowwiseFlow
 
 
-class Radial(Flow):
+class Radial(RowwiseFlow):
     """Radial flow (Rezende & Mohamed 2015, appendix A.2).
 
     Contracts or expands space around a centre ``z0``:
@@ -52,7 +52,7 @@ class Radial(Flow):
     collapses ``z0`` and the log-determinant there is ``-inf``.
     """
 
-    _row_kind = "radial"  # fused in chains (see _kernels/chain.pyx)
+    _row_kind = "radial"
 
     def __init__(self, dim, *, dtype="float64", rng=None):
         super().__init__(dim, dim + 2, dtype)
@@ -78,15 +78,3 @@ class Radial(Flow):
 
     def _config(self):
         return {"dim": self.dim, "dtype": self.dtype.name}
-
-    def _forward(self, z, x, log_det):
-        _k.forward(self._params, z, x, log_det)
-
-    def _inverse(self, x, z, log_det):
-        _k.inverse(self._params, x, z, log_det)
-
-    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
-        _k.backward(self._params, z, grad_x, grad_log_det, grad_z, grad_params)
-
-    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
-        _k.inverse_backward(self._params, x, grad_z, grad_log_det, grad_x, grad_params)
