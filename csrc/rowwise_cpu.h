@@ -45,8 +45,8 @@ enum { BLOCK_ROWS = 128, LANES = 16 };
  * x[r, i], so that every sweep runs along contiguous rows. */
 #define PFC_XT(i, r) xt[(index_t)(i) * BLOCK_ROWS + (r)]
 
-/* s[r] = b + sum_i w[i] (xt[i, r] - shift[i]) (shift may be null), LANES rows
- * at a time with the partial sums held in registers. */
+/* s[r] = b + sum_i w[i] xt[i, r], LANES rows at a time with the partial sums
+ * held in registers. */
 template <typename T>
 PFC_VM_INLINE void block_dot(const T* w, T b, int dim, const T* xt, T* s) {
     for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
@@ -196,50 +196,171 @@ PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
     }
 }
 
+/* -- backward ---------------------------------------------------------------
+ *
+ * The VJP of a block through layers K-1 .. 0.  The forward is recomputed
+ * block by block, keeping every layer's (transposed) input; the gradient
+ * block gt then runs back through the layers.  Planar layers are vectorised
+ * like their forward (the one transcendental pair per row in simd lanes, the
+ * parameter sums as contiguous reductions); the other kinds have no
+ * transcendental in their VJP and take the row functions.  Padding rows have
+ * zero cotangents and so add nothing to the sums. */
+
+template <typename T>
+PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T* xt_grad,
+                                         const T* gld, T* acc, T* scratch) {
+    const T* uhat = work;
+    const T* w = work + dim;
+    const T b = work[2 * dim], c = work[2 * dim + 1], sp = work[2 * dim + 2];
+    T* t = scratch;
+    T* ds = scratch + BLOCK_ROWS;
+    T* gc = scratch + 2 * BLOCK_ROWS;
+    block_dot(w, b, dim, zt, t);                 /* s = w.z + b */
+    block_dot(uhat, T(0), dim, xt_grad, ds);     /* g.uhat, for now */
+    T sum_gc = T(0), sum_ds = T(0);
+    PFC_VM_PRAGMA_SIMD
+    for (int r = 0; r < BLOCK_ROWS; ++r) {
+        const T sr = t[r];
+        const T tr = vm::tanh(sr);
+        const T e = vm::exp(T(-2) * vm::detail::fabs_(sr));
+        const T inv = T(1) / (T(1) + e);
+        const T hp = T(4) * e * inv * inv;
+        const T g_c = gld[r] * hp / (tr * tr + hp * sp);    /* dL/dc */
+        const T d_s = hp * ds[r] - T(2) * g_c * c * tr;      /* dL/ds */
+        t[r] = tr;
+        ds[r] = d_s;
+        gc[r] = g_c;
+    }
+    for (int r = 0; r < BLOCK_ROWS; ++r) {
+        sum_gc += gc[r];
+        sum_ds += ds[r];
+    }
+    T* acc_u = acc;
+    T* acc_w = acc + dim;
+    for (int i = 0; i < dim; ++i) {
+        T* gi = xt_grad + (index_t)i * BLOCK_ROWS;
+        const T* zi = zt + (index_t)i * BLOCK_ROWS;
+        const T wi = w[i];
+        T au = T(0), aw = T(0);
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < BLOCK_ROWS; ++r) {
+            au += t[r] * gi[r];
+            aw += ds[r] * zi[r];
+            gi[r] += ds[r] * wi;
+        }
+        acc_u[i] += au + sum_gc * wi;
+        acc_w[i] += aw + sum_gc * uhat[i];
+    }
+    acc[2 * dim] += sum_ds;
+}
+
+/* Scratch values the backward of one block needs. */
+PFC_HOSTDEVICE PFC_INLINE long long chain_backward_scratch_size(int K, int dim) {
+    return ((long long)K + 1) * dim * BLOCK_ROWS + 5LL * BLOCK_ROWS + 3LL * dim;
+}
+
+/* Rows [0, nrows) (nrows <= BLOCK_ROWS) of z, grad_x, grad_log_det: writes
+ * grad_z and adds the rows' parameter-gradient contributions to acc (laid
+ * out by acc_offsets). */
+template <typename T>
+PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
+                                             const long long* work_offsets,
+                                             const long long* acc_offsets, int K, int dim,
+                                             index_t nrows, const T* z, const T* grad_x,
+                                             const T* grad_log_det, T* grad_z, T* acc,
+                                             T* scratch) {
+    const index_t stride = (index_t)dim * BLOCK_ROWS;
+    T* stack = scratch;                      /* K transposed layer inputs */
+    T* xt = stack + K * stride;              /* the gradient block */
+    T* gld = xt + stride;
+    T* tmp = gld + BLOCK_ROWS;               /* 3 * BLOCK_ROWS */
+    T* ld = tmp + 3 * BLOCK_ROWS;            /* unused log-determinants */
+    T* row = ld + BLOCK_ROWS;                /* 3 * dim */
+    for (index_t r = 0; r < BLOCK_ROWS; ++r) {
+        const bool real = r < nrows;
+        for (int i = 0; i < dim; ++i) {
+            stack[(index_t)i * BLOCK_ROWS + r] = real ? z[r * dim + i] : T(0);
+            xt[(index_t)i * BLOCK_ROWS + r] = real ? grad_x[r * dim + i] : T(0);
+        }
+        gld[r] = real ? grad_log_det[r] : T(0);
+    }
+    for (int k = 0; k + 1 < K; ++k) {
+        T* next = stack + (k + 1) * stride;
+        for (index_t j = 0; j < stride; ++j) next[j] = stack[k * stride + j];
+        const T* wk = work + work_offsets[k];
+        switch (kinds[k]) {
+            case KIND_PLANAR: planar_forward_block(wk, dim, next, ld, tmp); break;
+            case KIND_RADIAL: radial_forward_block(wk, dim, next, ld, tmp); break;
+            case KIND_SCALE: scale_forward_block(wk, dim, next, ld); break;
+            default: shift_forward_block(wk, dim, next);
+        }
+    }
+    for (int k = K - 1; k >= 0; --k) {
+        const T* wk = work + work_offsets[k];
+        const T* zt = stack + k * stride;
+        T* acc_k = acc + acc_offsets[k];
+        if (kinds[k] == KIND_PLANAR) {
+            planar_backward_block(wk, dim, zt, xt, gld, acc_k, tmp);
+            continue;
+        }
+        T* zr = row;
+        T* gr = row + dim;
+        for (index_t r = 0; r < nrows; ++r) {
+            for (int i = 0; i < dim; ++i) {
+                zr[i] = zt[(index_t)i * BLOCK_ROWS + r];
+                gr[i] = xt[(index_t)i * BLOCK_ROWS + r];
+            }
+            layer_backward_row(kinds[k], wk, dim, zr, gr, gld[r], gr, acc_k);
+            for (int i = 0; i < dim; ++i) xt[(index_t)i * BLOCK_ROWS + r] = gr[i];
+        }
+    }
+    for (index_t r = 0; r < nrows; ++r) {
+        for (int i = 0; i < dim; ++i) grad_z[r * dim + i] = xt[(index_t)i * BLOCK_ROWS + r];
+    }
+}
+
 #undef PFC_XT
 
+/* Each block kernel is compiled for the baseline ISA, AVX2+FMA and AVX-512,
+ * and the dispatcher picks the copy for `level` (vm::cpu_level(), read once
+ * per call by the caller). */
 #if PFC_VM_DISPATCH
-template <typename T>
-void chain_forward_block_base(const int* kinds, const T* work, const long long* work_offsets,
-                              int K, int dim, index_t nrows, const T* z, T* x, T* log_det,
-                              T* scratch) {
-    chain_forward_block_impl(kinds, work, work_offsets, K, dim, nrows, z, x, log_det, scratch);
-}
-template <typename T>
-PFC_VM_TARGET_AVX2 void chain_forward_block_avx2(const int* kinds, const T* work,
-                                                 const long long* work_offsets, int K, int dim,
-                                                 index_t nrows, const T* z, T* x, T* log_det,
-                                                 T* scratch) {
-    chain_forward_block_impl(kinds, work, work_offsets, K, dim, nrows, z, x, log_det, scratch);
-}
-template <typename T>
-PFC_VM_TARGET_AVX512 void chain_forward_block_avx512(const int* kinds, const T* work,
-                                                     const long long* work_offsets, int K,
-                                                     int dim, index_t nrows, const T* z, T* x,
-                                                     T* log_det, T* scratch) {
-    chain_forward_block_impl(kinds, work, work_offsets, K, dim, nrows, z, x, log_det, scratch);
-}
-#endif
-
-/* The forward pass of one block (see chain_forward_block_impl); `level` is
- * vm::cpu_level(), read once per call. */
-template <typename T>
-inline void chain_forward_block(int level, const int* kinds, const T* work,
-                                const long long* work_offsets, int K, int dim, index_t nrows,
-                                const T* z, T* x, T* log_det, T* scratch) {
-#if PFC_VM_DISPATCH
-    if (level == vm::LEVEL_AVX512) {
-        chain_forward_block_avx512(kinds, work, work_offsets, K, dim, nrows, z, x, log_det, scratch);
-    } else if (level == vm::LEVEL_AVX2) {
-        chain_forward_block_avx2(kinds, work, work_offsets, K, dim, nrows, z, x, log_det, scratch);
-    } else {
-        chain_forward_block_base(kinds, work, work_offsets, K, dim, nrows, z, x, log_det, scratch);
+#define PFC_DEFINE_BLOCK_DISPATCH(name, PARAMS, ARGS)                        \
+    template <typename T> void name##_base PARAMS { name##_impl ARGS; }       \
+    template <typename T> PFC_VM_TARGET_AVX2 void name##_avx2 PARAMS {        \
+        name##_impl ARGS;                                                     \
+    }                                                                         \
+    template <typename T> PFC_VM_TARGET_AVX512 void name##_avx512 PARAMS {    \
+        name##_impl ARGS;                                                     \
+    }                                                                         \
+    template <typename T> inline void name(int level, PFC_UNPAREN PARAMS) {   \
+        if (level == vm::LEVEL_AVX512) name##_avx512 ARGS;                    \
+        else if (level == vm::LEVEL_AVX2) name##_avx2 ARGS;                   \
+        else name##_base ARGS;                                                \
     }
 #else
-    (void)level;
-    chain_forward_block_impl(kinds, work, work_offsets, K, dim, nrows, z, x, log_det, scratch);
+#define PFC_DEFINE_BLOCK_DISPATCH(name, PARAMS, ARGS)                        \
+    template <typename T> inline void name(int level, PFC_UNPAREN PARAMS) {   \
+        (void)level;                                                          \
+        name##_impl ARGS;                                                     \
+    }
 #endif
-}
+#define PFC_UNPAREN(...) __VA_ARGS__
+
+PFC_DEFINE_BLOCK_DISPATCH(chain_forward_block,
+    (const int* kinds, const T* work, const long long* work_offsets, int K, int dim,
+     index_t nrows, const T* z, T* x, T* log_det, T* scratch),
+    (kinds, work, work_offsets, K, dim, nrows, z, x, log_det, scratch))
+
+PFC_DEFINE_BLOCK_DISPATCH(chain_backward_block,
+    (const int* kinds, const T* work, const long long* work_offsets,
+     const long long* acc_offsets, int K, int dim, index_t nrows, const T* z,
+     const T* grad_x, const T* grad_log_det, T* grad_z, T* acc, T* scratch),
+    (kinds, work, work_offsets, acc_offsets, K, dim, nrows, z, grad_x, grad_log_det,
+     grad_z, acc, scratch))
+
+#undef PFC_DEFINE_BLOCK_DISPATCH
+#undef PFC_UNPAREN
 
 }  // namespace cpu
 }  // namespace pfc

@@ -23,11 +23,14 @@ CUDA kernels run, one thread per row.
   depend on a block size.
 * inverse: the row functions, dynamically scheduled, because a planar row's
   Newton solve takes a varying number of steps.
-* backward and inverse_backward: per row, the forward (or inverse) is
-  recomputed through the run, keeping the K layer inputs of that one row in
-  a small per-thread stack, then the layers' vector-Jacobian products run in
-  reverse.  Parameter gradients go to per-chunk accumulators that are summed
-  in chunk order (``_parallel.pxd``), bitwise reproducible for any number of
+* backward: block by block (``csrc/rowwise_cpu.h``), the forward is
+  recomputed keeping every layer's input block, then the layers'
+  vector-Jacobian products run in reverse, planar layers vectorised.
+* inverse_backward: per row, the inverse is recomputed through the run,
+  keeping the K layer inputs of that one row in a small per-thread stack,
+  then the layers' vector-Jacobian products run first to last.
+* Parameter gradients go to per-chunk accumulators that are summed in chunk
+  order (``_parallel.pxd``), bitwise reproducible for any number of
   threads.
 
 A run is described once, at construction of a ``RowwiseRun``: the layer
@@ -72,9 +75,14 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
     enum:
         BLOCK_ROWS
     int chain_block_scratch_size(int dim)
+    long long chain_backward_scratch_size(int K, int dim)
     void chain_forward_block[T](int level, const int* kinds, const T* work,
                                 const long long* work_offsets, int K, int dim,
                                 Py_ssize_t nrows, const T* z, T* x, T* log_det, T* scratch)
+    void chain_backward_block[T](int level, const int* kinds, const T* work,
+                                 const long long* work_offsets, const long long* acc_offsets,
+                                 int K, int dim, Py_ssize_t nrows, const T* z, const T* grad_x,
+                                 const T* grad_log_det, T* grad_z, T* acc, T* scratch)
 
 # Below this many rows the forward takes the row functions: the block kernel
 # always computes a whole (zero-padded) block.
@@ -237,8 +245,8 @@ cdef class RowwiseRun:
     cdef void _vjp(self, bint inverse_map, const floating[::1] params, const floating[:, ::1] v,
                    const floating[:, ::1] grad_out, const floating[::1] grad_log_det,
                    floating[:, ::1] grad_in, floating[::1] grad_params) except *:
-        cdef Py_ssize_t n = v.shape[0], nc = num_chunks(n), c, i, j
-        cdef int k, K = self.K, dim = self.dim
+        cdef Py_ssize_t n = v.shape[0], nc = num_chunks(n), c, i, j, lo, hi, rows
+        cdef int k, K = self.K, dim = self.dim, level
         cdef long long acc_size = self.acc_offsets[K]
         cdef floating* stack      # the K layer inputs of one row
         cdef floating* g
@@ -254,24 +262,31 @@ cdef class RowwiseRun:
             self._prepare(&params[0], work)
             for j in range(nc * acc_size):
                 partial[j] = 0
-            for c in prange(nc, schedule="dynamic", use_threads_if=n >= MIN_ROWS_PARALLEL):
-                stack = <floating*>malloc(K * dim * sizeof(floating))
-                acc = partial + c * acc_size
-                for i in range(chunk_start(n, c, nc), chunk_start(n, c + 1, nc)):
-                    g = &grad_in[i, 0]
-                    gld = grad_log_det[i]
-                    memcpy(g, &grad_out[i, 0], dim * sizeof(floating))
-                    memcpy(stack, &v[i, 0], dim * sizeof(floating))
-                    if not inverse_map:
-                        # stack[k] = input of layer k; then VJPs from the last layer back.
-                        for k in range(K - 1):
-                            layer_forward_row(self.kinds[k], work + self.work_offsets[k], dim,
-                                              stack + k * dim, stack + (k + 1) * dim)
-                        for k in range(K - 1, -1, -1):
-                            layer_backward_row(self.kinds[k], work + self.work_offsets[k], dim,
-                                               stack + k * dim, g, gld, g,
-                                               acc + self.acc_offsets[k])
-                    else:
+            if not inverse_map:
+                level = cpu_level()
+                for c in prange(nc, schedule="dynamic", use_threads_if=n >= MIN_ROWS_PARALLEL):
+                    stack = <floating*>malloc(chain_backward_scratch_size(K, dim)
+                                              * sizeof(floating))
+                    acc = partial + c * acc_size
+                    hi = chunk_start(n, c + 1, nc)
+                    lo = chunk_start(n, c, nc)
+                    while lo < hi:
+                        rows = min(<Py_ssize_t>BLOCK_ROWS, hi - lo)
+                        chain_backward_block(level, self.kinds, work, self.work_offsets,
+                                             self.acc_offsets, K, dim, rows, &v[lo, 0],
+                                             &grad_out[lo, 0], &grad_log_det[lo],
+                                             &grad_in[lo, 0], acc, stack)
+                        lo = lo + rows
+                    free(stack)
+            else:
+                for c in prange(nc, schedule="dynamic", use_threads_if=n >= MIN_ROWS_PARALLEL):
+                    stack = <floating*>malloc(K * dim * sizeof(floating))
+                    acc = partial + c * acc_size
+                    for i in range(chunk_start(n, c, nc), chunk_start(n, c + 1, nc)):
+                        g = &grad_in[i, 0]
+                        gld = grad_log_det[i]
+                        memcpy(g, &grad_out[i, 0], dim * sizeof(floating))
+                        memcpy(stack, &v[i, 0], dim * sizeof(floating))
                         # The inverse runs layer K-1 first: stack[j] = input of the
                         # inverse of layer K-1-j; VJPs then go from layer 0 up.
                         for j in range(K - 1):
@@ -282,7 +297,7 @@ cdef class RowwiseRun:
                             layer_inverse_backward_row(self.kinds[k], work + self.work_offsets[k],
                                                        dim, stack + (K - 1 - k) * dim, g, gld, g,
                                                        acc + self.acc_offsets[k])
-                free(stack)
+                    free(stack)
             for c in range(1, nc):
                 for j in range(acc_size):
                     partial[j] += partial[c * acc_size + j]
