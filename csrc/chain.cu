@@ -6,9 +6,9 @@
  * Design
  * ------
  * One thread per row.  A layer is described as on the CPU: `kinds` (the
- * KIND_* codes below, equal to chain.pyx's LayerKind), `param_offsets`, and
- * the work / accumulator offsets that chain.pyx's `plan` derives from the
- * headers' X_work_size / X_grad_acc_size.  `chain_prepare` turns the raw
+ * LayerKind codes of rowwise.h, whose layer_* functions dispatch on them),
+ * `param_offsets`, and the work / accumulator offsets that `chain_plan`
+ * derives from the headers' size functions.  `chain_prepare` turns the raw
  * parameters into every layer's derived coefficients (`work`) on the device,
  * one thread per layer, so parameters never travel to the host.
  *
@@ -35,75 +35,24 @@
  */
 #include "pfc_config.h"
 #include "pfc_cuda.cuh"
-#include "elementwise.h"
-#include "planar.h"
-#include "radial.h"
+#include "rowwise.h"
 
 namespace pfc {
 
-/* The layer codes of pyflowcore/_kernels/chain.pyx (LayerKind); the Python
- * driver checks that they agree. */
-enum ChainKind { CHAIN_KIND_SCALE = 0, CHAIN_KIND_SHIFT = 1, CHAIN_KIND_PLANAR = 2,
-                 CHAIN_KIND_RADIAL = 3 };
-
-/* -- dispatch on the layer kind (perfectly uniform across a warp) ---------- */
-
-template <typename T>
-__device__ __forceinline__ void chain_layer_prepare(int kind, const T* params, int dim, T* work) {
-    if (kind == CHAIN_KIND_PLANAR) planar_prepare(params, dim, work);
-    else if (kind == CHAIN_KIND_RADIAL) radial_prepare(params, dim, work);
-    else if (kind == CHAIN_KIND_SCALE) scale_prepare(params, dim, work);
-    else shift_prepare(params, dim, work);
-}
-
-template <typename T>
-__device__ __forceinline__ T chain_layer_forward(int kind, const T* work, int dim, const T* z,
-                                                 T* x) {
-    if (kind == CHAIN_KIND_PLANAR) return planar_forward_row(work, dim, z, x);
-    if (kind == CHAIN_KIND_RADIAL) return radial_forward_row(work, dim, z, x);
-    if (kind == CHAIN_KIND_SCALE) return scale_forward_row(work, dim, z, x);
-    return shift_forward_row(work, dim, z, x);
-}
-
-template <typename T>
-__device__ __forceinline__ T chain_layer_inverse(int kind, const T* work, int dim, const T* x,
-                                                 T* z) {
-    if (kind == CHAIN_KIND_PLANAR) return planar_inverse_row(work, dim, x, z);
-    if (kind == CHAIN_KIND_RADIAL) return radial_inverse_row(work, dim, x, z);
-    if (kind == CHAIN_KIND_SCALE) return scale_inverse_row(work, dim, x, z);
-    return shift_inverse_row(work, dim, x, z);
-}
-
-/* `grad` holds the output cotangent on entry and the input one on return. */
-template <typename T>
-__device__ __forceinline__ void chain_layer_backward(int kind, const T* work, int dim, const T* z,
-                                                     T* grad, T gld, T* acc) {
-    if (kind == CHAIN_KIND_PLANAR) planar_backward_row(work, dim, z, grad, gld, grad, acc);
-    else if (kind == CHAIN_KIND_RADIAL) radial_backward_row(work, dim, z, grad, gld, grad, acc);
-    else if (kind == CHAIN_KIND_SCALE) scale_backward_row(work, dim, z, grad, gld, grad, acc);
-    else shift_backward_row(work, dim, z, grad, gld, grad, acc);
-}
-
-template <typename T>
-__device__ __forceinline__ void chain_layer_inverse_backward(int kind, const T* work, int dim,
-                                                             const T* x, T* grad, T gld,
-                                                             T* acc) {
-    if (kind == CHAIN_KIND_PLANAR) planar_inverse_backward_row(work, dim, x, grad, gld, grad, acc);
-    else if (kind == CHAIN_KIND_RADIAL) radial_inverse_backward_row(work, dim, x, grad, gld, grad, acc);
-    else if (kind == CHAIN_KIND_SCALE) scale_inverse_backward_row(work, dim, x, grad, gld, grad, acc);
-    else shift_inverse_backward_row(work, dim, x, grad, gld, grad, acc);
-}
-
-template <typename T>
-__device__ __forceinline__ void chain_layer_finish(int kind, const T* params, const T* work,
-                                                   int dim, const T* acc, T* grad_params) {
-    if (kind == CHAIN_KIND_PLANAR) planar_finish_grad(params, work, dim, acc, grad_params);
-    else if (kind == CHAIN_KIND_RADIAL) radial_finish_grad(params, work, dim, acc, grad_params);
-    else if (kind == CHAIN_KIND_SCALE) scale_finish_grad(params, work, dim, acc, grad_params);
-    else shift_finish_grad(params, work, dim, acc, grad_params);
-}
-
 /* -- kernels ---------------------------------------------------------------- */
+
+/* The work and accumulator offsets of a run (K + 1 each) from the headers'
+ * size functions, as the CPU's plan computes them.  One thread. */
+__global__ void chain_plan(const int* kinds, int K, int dim, long long* work_off,
+                           long long* acc_off) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    work_off[0] = 0;
+    acc_off[0] = 0;
+    for (int k = 0; k < K; ++k) {
+        work_off[k + 1] = work_off[k] + layer_work_size(kinds[k], dim);
+        acc_off[k + 1] = acc_off[k] + layer_grad_acc_size(kinds[k], dim);
+    }
+}
 
 /* work[work_off[k]:] = derived coefficients of layer k, one thread per layer. */
 template <typename T>
@@ -111,7 +60,7 @@ __global__ void chain_prepare(const int* kinds, int K, const T* params,
                               const long long* param_off, const long long* work_off, int dim,
                               T* work) {
     const int k = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-    if (k < K) chain_layer_prepare(kinds[k], params + param_off[k], dim, work + work_off[k]);
+    if (k < K) layer_prepare(kinds[k], params + param_off[k], dim, work + work_off[k]);
 }
 
 /*
@@ -146,14 +95,14 @@ __global__ void chain_transform(int inverse, const int* kinds, int K, const long
         if (cuda::tid() < rows) {
             T ld;
             if (!inverse) {
-                ld = chain_layer_forward(kinds[0], work + work_off[0], dim, row, row);
+                ld = layer_forward_row(kinds[0], work + work_off[0], dim, row, row);
                 for (int k = 1; k < K; ++k) {
-                    ld = ld + chain_layer_forward(kinds[k], work + work_off[k], dim, row, row);
+                    ld = ld + layer_forward_row(kinds[k], work + work_off[k], dim, row, row);
                 }
             } else {
-                ld = chain_layer_inverse(kinds[K - 1], work + work_off[K - 1], dim, row, row);
+                ld = layer_inverse_row(kinds[K - 1], work + work_off[K - 1], dim, row, row);
                 for (int k = K - 2; k >= 0; --k) {
-                    ld = ld + chain_layer_inverse(kinds[k], work + work_off[k], dim, row, row);
+                    ld = ld + layer_inverse_row(kinds[k], work + work_off[k], dim, row, row);
                 }
             }
             log_det[row0 + cuda::tid()] = ld;
@@ -224,9 +173,9 @@ __global__ void chain_vjp(int inverse, const int* kinds, int K, const long long*
             for (int s = 0; s < K - 1; ++s) {
                 for (int j = 0; j < dim; ++j) stack[(static_cast<index_t>(s) * dim + j) * nthreads + gtid] = row[j];
                 if (!inverse) {
-                    chain_layer_forward(kinds[s], work + work_off[s], dim, row, row);
+                    layer_forward_row(kinds[s], work + work_off[s], dim, row, row);
                 } else {
-                    chain_layer_inverse(kinds[K - 1 - s], work + work_off[K - 1 - s], dim, row, row);
+                    layer_inverse_row(kinds[K - 1 - s], work + work_off[K - 1 - s], dim, row, row);
                 }
             }
         }
@@ -242,10 +191,11 @@ __global__ void chain_vjp(int inverse, const int* kinds, int K, const long long*
                     for (int j = 0; j < dim; ++j) row[j] = stack[(s * dim + j) * nthreads + gtid];
                 }
                 if (!inverse) {
-                    chain_layer_backward(kinds[k], work + work_off[k], dim, row, grad, gld, scratch);
+                    layer_backward_row(kinds[k], work + work_off[k], dim, row, grad, gld, grad,
+                                       scratch);
                 } else {
-                    chain_layer_inverse_backward(kinds[k], work + work_off[k], dim, row, grad, gld,
-                                                 scratch);
+                    layer_inverse_backward_row(kinds[k], work + work_off[k], dim, row, grad, gld,
+                                               grad, scratch);
                 }
             }
             T* wa = warp_acc + acc_off[k];
@@ -288,7 +238,7 @@ __global__ void chain_finish(const int* kinds, int K, const T* params, const lon
                              const long long* acc_off, int dim, T* grad_params) {
     const int k = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
     if (k < K) {
-        chain_layer_finish(kinds[k], params + param_off[k], work + work_off[k], dim,
+        layer_finish_grad(kinds[k], params + param_off[k], work + work_off[k], dim,
                            acc + acc_off[k], grad_params + param_off[k]);
     }
 }

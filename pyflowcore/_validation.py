@@ -5,6 +5,11 @@ kernel.  They convert any real array-like to a C-contiguous array of the
 flow's dtype (copying only when needed; kernels never write to their inputs)
 and raise ``TypeError`` for a non-real dtype and ``ValueError`` for a wrong
 shape, each message naming what was expected.
+
+Each takes the flow's ``device``: on ``"cuda"`` arrays must be CuPy arrays
+(and results are allocated with CuPy); an array of the other device raises
+``TypeError`` naming the flow's device, so data never crosses the bus
+implicitly.  CuPy is imported only for ``"cuda"``.
 """
 
 import numbers
@@ -27,6 +32,28 @@ def check_dtype(dtype):
     return dt
 
 
+def array_module(device):
+    """NumPy for ``"cpu"``, CuPy for ``"cuda"``."""
+    if device == "cpu":
+        return np
+    import cupy
+    return cupy
+
+
+def _is_cupy(a):
+    """Whether ``a`` is a CuPy array, told without importing CuPy."""
+    return type(a).__module__.partition(".")[0] == "cupy"
+
+
+def _wrong_device(name, a, device):
+    if device == "cpu":
+        return TypeError(f"{name} is a CuPy (GPU) array but the flow is on device 'cpu'; "
+                         "pass a NumPy array (cupy.asnumpy) or move the flow with .to('cuda')")
+    kind = type(a).__module__.partition(".")[0] + "." + type(a).__name__
+    return TypeError(f"{name} must be a CuPy array because the flow is on device 'cuda', got "
+                     f"{kind}; move the data with cupy.asarray or the flow with .to('cpu')")
+
+
 def check_positive_int(value, name, minimum=1):
     """Return ``value`` as an int ``>= minimum``; booleans and floats are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
@@ -37,8 +64,18 @@ def check_positive_int(value, name, minimum=1):
     return value
 
 
-def as_real_array(a, name, dtype):
-    """Any real array-like as a NumPy array of ``dtype`` (no shape check)."""
+def as_real_array(a, name, dtype, device="cpu"):
+    """Any real array-like as a NumPy array (CuPy array on ``"cuda"``); no
+    shape or dtype conversion yet, ``dtype`` only names the target in errors."""
+    if device != "cpu":
+        if not _is_cupy(a) or not hasattr(a, "dtype"):
+            raise _wrong_device(name, a, device)
+        if a.dtype.kind not in _REAL_KINDS:
+            raise TypeError(f"{name} must be a real numeric array (converted to {dtype}); "
+                            f"got dtype {a.dtype}")
+        return a
+    if type(a) is not np.ndarray and _is_cupy(a):
+        raise _wrong_device(name, a, device)
     try:
         arr = np.asarray(a)
     except (ValueError, TypeError) as exc:
@@ -49,65 +86,76 @@ def as_real_array(a, name, dtype):
     return arr
 
 
-def as_points(a, name, dim, dtype):
+def as_points(a, name, dim, dtype, device="cpu"):
     """Validate a batch of points.
 
     Returns ``(arr, single)`` where ``arr`` is a C-contiguous ``(N, dim)``
     array of ``dtype`` and ``single`` tells whether the input was one point of
     shape ``(dim,)``.
     """
-    arr = as_real_array(a, name, dtype)
+    arr = as_real_array(a, name, dtype, device)
+    xp = np if device == "cpu" else array_module(device)
     if arr.ndim == 1 and arr.shape[0] == dim:
-        return np.ascontiguousarray(arr[None, :], dtype=dtype), True
+        return xp.ascontiguousarray(arr[None, :], dtype=dtype), True
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise ValueError(f"{name} must have shape (N, {dim}) or ({dim},), got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype), False
+    return xp.ascontiguousarray(arr, dtype=dtype), False
 
 
-def as_grad_log_det(g, n, dtype, single):
+def as_grad_log_det(g, n, dtype, single, device="cpu"):
     """Validate ``grad_log_det``: a scalar or an ``(N,)`` array (``()`` for one point).
 
-    ``None`` stands for zero.  Returns a C-contiguous ``(N,)`` array.
+    ``None`` stands for zero.  Returns a C-contiguous ``(N,)`` array.  On
+    ``"cuda"`` a Python or NumPy scalar is accepted as well as a CuPy array.
     """
+    xp = np if device == "cpu" else array_module(device)
     if g is None:
-        return np.zeros(n, dtype=dtype)
-    arr = as_real_array(g, "grad_log_det", dtype)
+        return xp.zeros(n, dtype=dtype)
+    if device != "cpu" and not _is_cupy(g) and not isinstance(g, np.ndarray) and np.ndim(g) == 0:
+        arr = xp.asarray(as_real_array(g, "grad_log_det", dtype))
+    else:
+        arr = as_real_array(g, "grad_log_det", dtype, device)
     if arr.ndim == 0 or (arr.shape == (n,) and not single):
-        return np.ascontiguousarray(np.broadcast_to(arr, (n,)), dtype=dtype)
+        return xp.ascontiguousarray(xp.broadcast_to(arr, (n,)), dtype=dtype)
     expected = "()" if single else f"({n},) or ()"
     raise ValueError(f"grad_log_det must have shape {expected}, got shape {arr.shape}")
 
 
-def as_cotangent(g, name, shape, dtype):
+def as_cotangent(g, name, shape, dtype, device="cpu"):
     """Validate a gradient with respect to points; ``None`` stands for zero."""
+    xp = np if device == "cpu" else array_module(device)
     if g is None:
-        return np.zeros(shape, dtype=dtype)
-    arr = as_real_array(g, name, dtype)
+        return xp.zeros(shape, dtype=dtype)
+    arr = as_real_array(g, name, dtype, device)
     if arr.ndim == 1 and shape[0] == 1 and arr.shape == shape[1:]:
         arr = arr[None, :]
     if arr.shape != shape:
         raise ValueError(f"{name} must have the shape of the points, {shape}, got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return xp.ascontiguousarray(arr, dtype=dtype)
 
 
-def check_out(out, shapes, dtype):
+def check_out(out, shapes, dtype, device="cpu"):
     """Validate the ``out=`` tuple of preallocated result arrays.
 
-    Each array must be a NumPy array of ``dtype``, C-contiguous, writable and
-    of the expected shape; the tuple is returned.  ``None`` allocates fresh
-    arrays.
+    Each array must be a NumPy array (a CuPy array on ``"cuda"``) of
+    ``dtype``, C-contiguous, writable and of the expected shape; the tuple is
+    returned.  ``None`` allocates fresh arrays.
     """
+    xp = np if device == "cpu" else array_module(device)
     if out is None:
-        return tuple(np.empty(s, dtype=dtype) for s in shapes)
+        return tuple(xp.empty(s, dtype=dtype) for s in shapes)
     if not isinstance(out, tuple) or len(out) != len(shapes):
         raise TypeError(f"out must be a tuple of {len(shapes)} arrays")
     for k, (arr, shape) in enumerate(zip(out, shapes)):
-        if not isinstance(arr, np.ndarray):
+        if not isinstance(arr, xp.ndarray):
+            if device != "cpu" or _is_cupy(arr):
+                raise _wrong_device(f"out[{k}]", arr, device)
             raise TypeError(f"out[{k}] must be a numpy.ndarray, got {type(arr).__name__}")
         if arr.dtype != dtype or arr.shape != tuple(shape):
             raise ValueError(f"out[{k}] must be a {dtype} array of shape {tuple(shape)}, "
                              f"got {arr.dtype} {arr.shape}")
-        if not (arr.flags.c_contiguous and arr.flags.writeable):
+        # CuPy arrays have no read-only flag.
+        if not (arr.flags.c_contiguous and getattr(arr.flags, "writeable", True)):
             raise ValueError(f"out[{k}] must be C-contiguous and writable")
     return out
 

@@ -4,10 +4,12 @@
 ``python -m pyflowcore.bench --full`` the full one (``benchmarks/compare.py``
 in the source tree is the same program, full by default).  Options::
 
-    --quick | --full                 sizes and repeats (see below)
+    --quick | --full                 N = 4,096 and 3 repeats, or N = 65,536 and 11
     --dtype float64|float32|both     default both (float64 with --quick)
     --out FILE.md                    also write the Markdown report there
-    --backends pyflowcore,numpy,...  a subset of the peers
+    --backends numpy,torch,...       a subset of the peers (--quick leaves out
+                                     torch.compile unless it is named here)
+    --no-limits                      skip the machine-limit measurements
 
 Backends: ``numpy`` (vectorised NumPy), ``torch`` (PyTorch eager, CPU),
 ``torch.compile`` (Inductor), ``jax`` (``jax.jit`` on the CPU).  PyTorch and
@@ -72,7 +74,7 @@ __all__ = ["Workload", "Backend", "Skip", "Row", "default_workloads", "default_b
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 DIM = 16
-FULL_N, QUICK_N = 65_536, 16_384
+FULL_N, QUICK_N = 65_536, 4_096
 
 HELP = "time pyflowcore against NumPy, PyTorch and JAX on this CPU"
 
@@ -212,7 +214,13 @@ class PyflowcoreBackend(Backend):
 
 
 class NumpyBackend(Backend):
+    """The vectorised NumPy peer; ``ops`` replaces its table of element-wise
+    operations (``_peers.numpy_ops()``) in the forward workloads."""
+
     name = "numpy"
+
+    def __init__(self, ops=None):
+        self.ops = ops or _peers.numpy_ops()
 
     def describe(self):
         return f"numpy {np.__version__}"
@@ -221,7 +229,7 @@ class NumpyBackend(Backend):
         w, theta, pts = problem.workload, problem.theta, problem.points
         spec, task = w.model, w.task
         if task == "forward":
-            f = _peers.make_model(_peers.numpy_ops(), spec, w.dim, theta)
+            f = _peers.make_model(self.ops, spec, w.dim, theta)
             return Prepared(lambda: f(theta, pts), _as_numpy)
         if spec[0] != "planar":
             raise Skip("no autograd in NumPy; a hand-written VJP exists only for planar")
@@ -328,6 +336,16 @@ class JaxBackend(Backend):
         compile_s = time.perf_counter() - t0
         return Prepared(lambda: jax.block_until_ready(compiled(theta, pts)), _as_numpy,
                         compile_s)
+
+
+class Disabled(Backend):
+    """A backend left out of this run, listed as skipped with ``reason``."""
+
+    def __init__(self, name, reason):
+        self.name, self.reason = name, reason
+
+    def unavailable(self):
+        return self.reason
 
 
 def default_backends():
@@ -452,7 +470,8 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
                 row.status = "ok"
                 row.median_s = time_call(prepared.run, **timing)
                 row.ratio = row.median_s / ref_s
-                log(f"  {b.name}: {_fmt_time(row.median_s)} (x{row.ratio:.2f})")
+                compiled = "" if row.compile_s is None else f", compile {_fmt_time(row.compile_s)}"
+                log(f"  {b.name}: {_fmt_time(row.median_s)} (x{row.ratio:.2f}{compiled})")
     return rows
 
 
@@ -567,8 +586,8 @@ def add_arguments(parser, quick_default=True):
     """Add the benchmark's options to an ``argparse`` parser; returns the parser."""
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="quick", action="store_true", default=quick_default,
-                      help=f"N = {QUICK_N}, few repeats, float64 only unless --dtype "
-                           "(well under a minute without torch.compile)"
+                      help=f"N = {QUICK_N}, few repeats, float64 only unless --dtype, "
+                           "no torch.compile unless --backends names it (under a minute)"
                            + (" (default)" if quick_default else ""))
     mode.add_argument("--full", dest="quick", action="store_false",
                       help=f"N = {FULL_N}, more repeats" + ("" if quick_default else " (default)"))
@@ -586,7 +605,10 @@ def add_arguments(parser, quick_default=True):
 
 
 def run_args(args):
-    """Run the benchmark for parsed ``args`` (see ``add_arguments``); returns 0."""
+    """Run the benchmark for parsed ``args`` (see ``add_arguments``).
+
+    Returns 0, or 2 for an unknown backend name or an unwritable ``--out``.
+    """
     backends = default_backends()
     if args.backends:
         wanted = {name.strip() for name in args.backends.split(",") if name.strip()}
@@ -595,6 +617,10 @@ def run_args(args):
             print(f"unknown backends: {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
         backends = [backends[0]] + [b for b in backends[1:] if b.name in wanted]
+    elif args.quick:
+        backends = [Disabled(b.name, "left out of --quick (Inductor takes seconds to minutes per "
+                                     "workload); use --full or --backends") if b.name == "torch.compile"
+                    else b for b in backends]
     dtype = args.dtype or ("float64" if args.quick else "both")
     dtypes = ("float64", "float32") if dtype == "both" else (dtype,)
     if args.quick:
@@ -619,8 +645,12 @@ def run_args(args):
     text += f"\n(total {time.perf_counter() - t0:.0f} s)\n"
     print(text)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        try:
+            with open(args.out, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            print(f"cannot write {args.out!r}: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

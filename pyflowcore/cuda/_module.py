@@ -26,6 +26,13 @@ KERNELS = {
                 "realnvp_coupling_vjp", "realnvp_scatter_add"),
 }
 
+# ... and its kernels that are not templates
+PLAIN = {"chain": ("chain_plan",)}
+
+# ``LayerKind`` of csrc/rowwise.h, by ``_row_kind`` (tests/cuda/test_sources.py
+# checks the values against the header).
+LAYER_KINDS = {"scale": 0, "shift": 1, "planar": 2, "radial": 3}
+
 _lock = threading.Lock()
 _modules = {}      # (source, device id) -> cupy.RawModule
 _functions = {}    # (source, kernel, dtype, device id) -> cupy.RawKernel
@@ -52,6 +59,7 @@ def _module(source, device_id):
                 root = csrc_dir()
                 code = (root / f"{source}.cu").read_text()
                 names = [f"pfc::{k}<{t}>" for k in KERNELS[source] for t in ("float", "double")]
+                names += [f"pfc::{k}" for k in PLAIN.get(source, ())]
                 mod = cupy.RawModule(code=code, options=("-std=c++17", f"-I{root}"),
                                      name_expressions=names)
                 mod.compile()
@@ -59,15 +67,16 @@ def _module(source, device_id):
     return mod
 
 
-def kernel(source, name, dtype):
+def kernel(source, name, dtype=None):
     """The compiled kernel ``pfc::name<T>`` of ``csrc/source.cu`` for ``dtype``
-    on the current device."""
+    on the current device; with ``dtype=None``, the plain kernel ``pfc::name``."""
     import cupy
     device_id = cupy.cuda.runtime.getDevice()
     key = (source, name, dtype, device_id)
     fn = _functions.get(key)
     if fn is None:
-        fn = _module(source, device_id).get_function(f"pfc::{name}<{_CTYPE[np.dtype(dtype)]}>")
+        symbol = f"pfc::{name}" if dtype is None else f"pfc::{name}<{_CTYPE[np.dtype(dtype)]}>"
+        fn = _module(source, device_id).get_function(symbol)
         _functions[key] = fn
     return fn
 

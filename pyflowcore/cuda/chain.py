@@ -10,25 +10,24 @@ together as ``Chain`` does on the CPU, with CuPy buffers.
 import cupy
 import numpy as np
 
-from pyflowcore._kernels import chain as _cpu_chain
+from pyflowcore._kernels import rowwise as _cpu_chain
 from pyflowcore.cuda import _launch
 from pyflowcore.cuda._launch import i32, i64, odd
-from pyflowcore.cuda._module import kernel
+from pyflowcore.cuda._module import LAYER_KINDS, kernel
 
 # Work coefficients and per-warp accumulators go to shared memory up to this size each.
 WORK_SMEM = 16 * 1024
 ACC_SMEM = 16 * 1024
 # Cap on the thread-minor stack of layer inputs kept by the VJP kernels.
 STACK_BUDGET = 256 * 1024 * 1024
-# Resident threads per SM aimed at by the VJP kernels: fewer than for the
-# transforms, which bounds the stack (it scales with the number of threads).
-VJP_THREADS_PER_SM = 1024
+# Threads per SM the VJP grid aims at: about what is resident (chain_vjp<double>
+# takes 128 registers per thread); the stack scales with the number of threads.
+VJP_THREADS_PER_SM = 512
 
 
 def kind_code(flow):
-    """The layer code of a row-wise flow (``chain.pyx``'s ``LayerKind``, which
-    ``csrc/chain.cu``'s ``ChainKind`` mirrors)."""
-    return int(_cpu_chain.LayerKind[f"KIND_{flow._row_kind.upper()}"])
+    """The ``LayerKind`` code of a row-wise flow."""
+    return LAYER_KINDS[flow._row_kind]
 
 
 class RowwiseRun:
@@ -46,15 +45,18 @@ class RowwiseRun:
         self.K = len(layers)
         kinds = np.array([kind_code(f) for f in layers], dtype=np.intc)
         param_off = np.cumsum([0] + [f.num_params for f in layers], dtype=np.int64)
-        # Offsets from the headers' X_work_size / X_grad_acc_size, as on the CPU.
-        work_off, acc_off = _cpu_chain.plan(kinds, self.dim)
+        self._kinds = cupy.asarray(kinds)
+        self._param_off = cupy.asarray(param_off)
+        # Offsets from the headers' X_work_size / X_grad_acc_size, computed by
+        # the device code itself (once, when the flow moves to the GPU).
+        self._work_off = cupy.empty(self.K + 1, dtype=np.int64)
+        self._acc_off = cupy.empty(self.K + 1, dtype=np.int64)
+        kernel("chain", "chain_plan")(
+            (1,), (1,), (self._kinds, i32(self.K), i32(self.dim), self._work_off, self._acc_off))
+        work_off, acc_off = cupy.asnumpy(self._work_off), cupy.asnumpy(self._acc_off)
         self.work_total = int(work_off[-1])
         self.acc_total = int(acc_off[-1])
         self.acc_max = int(np.diff(acc_off).max())
-        self._kinds = cupy.asarray(kinds)
-        self._param_off = cupy.asarray(param_off)
-        self._work_off = cupy.asarray(work_off)
-        self._acc_off = cupy.asarray(acc_off)
         self._itemsize = self.dtype.itemsize
 
     def _params(self):

@@ -9,7 +9,8 @@ A concrete flow supplies four kernels working on validated, C-contiguous
 ``_inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)``
 
 and ``_config()``, the constructor arguments that rebuild it (used by
-``pyflowcore.save``).  Everything a user calls -- conversion of array-likes,
+``pyflowcore.save``).  On the GPU (``to("cuda")``) the same four calls go to
+the flow's CUDA engine (``pyflowcore.cuda``) with CuPy arrays.  Everything a user calls -- conversion of array-likes,
 single points, ``out=`` arrays, the standard-normal base distribution --
 lives here once.
 """
@@ -19,8 +20,8 @@ import math
 import numpy as np
 
 from pyflowcore._validation import (
-    as_cotangent, as_grad_log_det, as_points, as_real_array, check_dtype, check_out,
-    check_positive_int, check_rng)
+    array_module, as_cotangent, as_grad_log_det, as_points, as_real_array, check_dtype,
+    check_out, check_positive_int, check_rng)
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -59,6 +60,7 @@ class Flow:
     """
 
     device = "cpu"
+    _gpu = None  # the CUDA engine running the kernels while on "cuda"
 
     def __init__(self, dim, num_params, dtype="float64"):
         self.dim = check_positive_int(dim, "dim")
@@ -88,7 +90,7 @@ class Flow:
         -------
         self
         """
-        arr = as_real_array(theta, "theta", self.dtype)
+        arr = as_real_array(theta, "theta", self.dtype, self.device)
         if arr.shape != (self.num_params,):
             raise ValueError(f"theta must have shape ({self.num_params},), got shape {arr.shape}")
         self._params[...] = arr
@@ -110,9 +112,9 @@ class Flow:
         log_det : ndarray of shape (N,) or ()
             ``log|det df/dz|`` at ``z``.
         """
-        z, single = as_points(z, "z", self.dim, self.dtype)
+        z, single = as_points(z, "z", self.dim, self.dtype, self.device)
         x, log_det = self._outputs(out, single, z.shape[0])
-        self._forward(z, x, log_det)
+        self._kernels()._forward(z, x, log_det)
         return self._result(single, x, log_det)
 
     def inverse(self, x, *, out=None):
@@ -129,9 +131,9 @@ class Flow:
         log_det_inv : ndarray of shape (N,) or ()
             ``log|det df^{-1}/dx| = -log|det df/dz|`` at ``z = f^{-1}(x)``.
         """
-        x, single = as_points(x, "x", self.dim, self.dtype)
+        x, single = as_points(x, "x", self.dim, self.dtype, self.device)
         z, log_det = self._outputs(out, single, x.shape[0])
-        self._inverse(x, z, log_det)
+        self._kernels()._inverse(x, z, log_det)
         return self._result(single, z, log_det)
 
     def backward(self, z, grad_x, grad_log_det, *, out=None):
@@ -153,11 +155,11 @@ class Flow:
         grad_params : ndarray of shape (num_params,)
             Summed over the batch.
         """
-        z, single = as_points(z, "z", self.dim, self.dtype)
-        grad_x = as_cotangent(grad_x, "grad_x", z.shape, self.dtype)
-        grad_log_det = as_grad_log_det(grad_log_det, z.shape[0], self.dtype, single)
+        z, single = as_points(z, "z", self.dim, self.dtype, self.device)
+        grad_x = as_cotangent(grad_x, "grad_x", z.shape, self.dtype, self.device)
+        grad_log_det = as_grad_log_det(grad_log_det, z.shape[0], self.dtype, single, self.device)
         grad_z, grad_params = self._grad_outputs(out, single, z.shape[0])
-        self._backward(z, grad_x, grad_log_det, grad_z, grad_params)
+        self._kernels()._backward(z, grad_x, grad_log_det, grad_z, grad_params)
         return (grad_z[0] if single else grad_z), grad_params
 
     def inverse_backward(self, x, grad_z, grad_log_det, *, out=None):
@@ -177,18 +179,21 @@ class Flow:
         grad_params : ndarray of shape (num_params,)
             Summed over the batch.
         """
-        x, single = as_points(x, "x", self.dim, self.dtype)
-        grad_z = as_cotangent(grad_z, "grad_z", x.shape, self.dtype)
-        grad_log_det = as_grad_log_det(grad_log_det, x.shape[0], self.dtype, single)
+        x, single = as_points(x, "x", self.dim, self.dtype, self.device)
+        grad_z = as_cotangent(grad_z, "grad_z", x.shape, self.dtype, self.device)
+        grad_log_det = as_grad_log_det(grad_log_det, x.shape[0], self.dtype, single, self.device)
         grad_x, grad_params = self._grad_outputs(out, single, x.shape[0])
-        self._inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)
+        self._kernels()._inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)
         return (grad_x[0] if single else grad_x), grad_params
 
     # -- the distribution ---------------------------------------------------
     def base_log_prob(self, z):
         """Standard-normal log-density ``-||z||^2/2 - dim/2 log(2 pi)`` of base points."""
-        z = np.asarray(z)
-        return -0.5 * np.einsum("...i,...i->...", z, z) - self.dim * self.dtype.type(_HALF_LOG_2PI)
+        if self.device == "cpu":
+            xp, z = np, np.asarray(z)
+        else:
+            xp, z = array_module(self.device), as_real_array(z, "z", self.dtype, self.device)
+        return -0.5 * xp.einsum("...i,...i->...", z, z) - self.dim * self.dtype.type(_HALF_LOG_2PI)
 
     def log_prob(self, x):
         """Log-density of ``x`` when ``z ~ N(0, I_dim)`` and ``x = f(z)``.
@@ -228,12 +233,20 @@ class Flow:
         """
         n = check_positive_int(n, "n", minimum=0)
         z = check_rng(rng).standard_normal((n, self.dim), dtype=self.dtype)
+        if self.device != "cpu":
+            # Drawn on the host, so that a seed gives the same points on every device.
+            z = array_module(self.device).asarray(z)
         x, log_det = self.forward(z)
         return x, self.base_log_prob(z) - log_det
 
     # -- devices and persistence -------------------------------------------
     def to(self, device):
-        """The flow with its parameters on ``device`` (``"cpu"`` or ``"cuda"``)."""
+        """The flow with its parameters on ``device`` (``"cpu"`` or ``"cuda"``).
+
+        The flow is moved in place and returned (a ``Chain`` moves with its
+        layers).  On ``"cuda"`` every method takes and returns CuPy arrays
+        and runs the CUDA kernels; a NumPy array raises ``TypeError``.
+        """
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == self.device:
@@ -250,17 +263,21 @@ class Flow:
         return f"{type(self).__name__}({args})"
 
     # -- helpers ------------------------------------------------------------
+    def _kernels(self):
+        """What runs the four maps: the flow itself, or its CUDA engine."""
+        return self if self._gpu is None else self._gpu
+
     def _outputs(self, out, single, n):
         if single and out is not None:
-            out = check_out(out, [(self.dim,), ()], self.dtype)
+            out = check_out(out, [(self.dim,), ()], self.dtype, self.device)
             return out[0].reshape(1, self.dim), out[1].reshape(1)
-        return check_out(out, [(n, self.dim), (n,)], self.dtype)
+        return check_out(out, [(n, self.dim), (n,)], self.dtype, self.device)
 
     def _grad_outputs(self, out, single, n):
         if single and out is not None:
-            out = check_out(out, [(self.dim,), (self.num_params,)], self.dtype)
+            out = check_out(out, [(self.dim,), (self.num_params,)], self.dtype, self.device)
             return out[0].reshape(1, self.dim), out[1]
-        return check_out(out, [(n, self.dim), (self.num_params,)], self.dtype)
+        return check_out(out, [(n, self.dim), (self.num_params,)], self.dtype, self.device)
 
     @staticmethod
     def _result(single, points, log_det):

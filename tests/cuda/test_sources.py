@@ -1,0 +1,64 @@
+"""Checks of the GPU engine that need neither CuPy nor a GPU."""
+
+import re
+import types
+
+import numpy as np
+import pytest
+
+import pyflowcore as pf
+from pyflowcore.cuda import _module
+from pyflowcore.cuda._module import LAYER_KINDS
+
+CSRC = _module.csrc_dir()
+
+
+def test_layer_codes_match_rowwise_header():
+    text = (CSRC / "rowwise.h").read_text()
+    enum = re.search(r"enum\s+LayerKind\s*\{([^}]*)\}", text).group(1)
+    codes = {name.strip().lower().removeprefix("kind_"): int(value)
+             for name, value in re.findall(r"(\w+)\s*=\s*(\d+)", enum)}
+    assert codes == LAYER_KINDS
+    assert {f._row_kind for f in (pf.ElementwiseScale(2), pf.Shift(2), pf.Planar(2, rng=0),
+                                  pf.Radial(2, rng=0))} == set(LAYER_KINDS)
+
+
+@pytest.mark.parametrize("source", sorted(_module.KERNELS))
+def test_every_kernel_the_drivers_load_is_defined_and_instantiated(source):
+    text = (CSRC / f"{source}.cu").read_text()
+    for name in _module.KERNELS[source]:
+        assert re.search(rf"__global__ void {name}\(", text), name
+        # PFC_INSTANTIATE_ALL (CI's nvcc build) must instantiate it for both types.
+        assert re.search(rf"pfc::{name}<T>\(", text), name
+    for name in _module.PLAIN.get(source, ()):
+        assert re.search(rf"__global__ void {name}\(", text), name
+
+
+def test_every_cuda_source_is_loaded_by_a_driver():
+    assert {p.stem for p in CSRC.glob("*.cu")} == set(_module.KERNELS)
+
+
+def test_package_works_without_a_gpu():
+    if pf.cuda_available():
+        pytest.skip("a GPU is present")
+    flow = pf.Planar(3, rng=0)
+    with pytest.raises(RuntimeError, match="cuda"):
+        flow.to("cuda")
+    assert flow.device == "cpu" and isinstance(flow.params, np.ndarray)
+    with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
+        flow.to("tpu")
+    assert flow.to("cpu") is flow
+
+
+def test_gpu_array_given_to_a_cpu_flow_names_the_device():
+    # A stand-in of a CuPy array (recognised by its module, without importing CuPy).
+    fake = types.new_class("ndarray")
+    fake.__module__ = "cupy._core.core"
+    arr = fake()
+    flow = pf.Shift(2)
+    z = np.zeros((3, 2))
+    for call in (lambda: flow.forward(arr), lambda: flow.backward(z, arr, None),
+                 lambda: flow.backward(z, None, arr), lambda: flow.set_params(arr),
+                 lambda: flow.forward(z, out=(arr, np.empty(3)))):
+        with pytest.raises(TypeError, match="flow is on device 'cpu'"):
+            call()
