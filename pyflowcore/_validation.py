@@ -93,6 +93,9 @@ def as_points(a, name, dim, dtype, device="cpu"):
     array of ``dtype`` and ``single`` tells whether the input was one point of
     shape ``(dim,)``.
     """
+    if (type(a) is np.ndarray and device == "cpu" and a.dtype == dtype and a.ndim == 2
+            and a.shape[1] == dim and a.flags.c_contiguous):
+        return a, False  # the common case, kept cheap for small batches
     arr = as_real_array(a, name, dtype, device)
     xp = np if device == "cpu" else array_module(device)
     if arr.ndim == 1 and arr.shape[0] == dim:

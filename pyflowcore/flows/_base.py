@@ -268,6 +268,8 @@ class Flow:
         return self if self._gpu is None else self._gpu
 
     def _outputs(self, out, single, n):
+        if out is None and self.device == "cpu":
+            return np.empty((n, self.dim), self.dtype), np.empty(n, self.dtype)
         if single and out is not None:
             out = check_out(out, [(self.dim,), ()], self.dtype, self.device)
             return out[0].reshape(1, self.dim), out[1].reshape(1)

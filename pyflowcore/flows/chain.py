@@ -2,9 +2,8 @@
 
 import numpy as np
 
-from pyflowcore._kernels.rowwise import RowwiseRun
 from pyflowcore.flows._base import Flow
-from pyflowcore.flows._rowwise import layer_kind
+from pyflowcore.flows._rowwise import RunKernels, layer_kind
 
 
 def _flatten(flows):
@@ -95,7 +94,7 @@ class Chain(Flow):
         def close_run():
             if len(run) > 1:
                 lo, hi = self._slices[run[0]].start, self._slices[run[-1]].stop
-                self._units.append((_FusedRun([self.layers[k] for k in run], self._params[lo:hi]),
+                self._units.append((RunKernels([self.layers[k] for k in run], self._params[lo:hi]),
                                     slice(lo, hi)))
             elif run:
                 self._units.append((self.layers[run[0]], self._slices[run[0]]))
@@ -169,25 +168,3 @@ class Chain(Flow):
             g_in = grad_x if k == K - 1 else np.empty_like(x)
             unit._inverse_backward(ys[k + 1], g, grad_log_det, g_in, grad_params[params_slice])
             g = g_in
-
-
-class _FusedRun:
-    """A run of row-wise layers executed as one by ``_kernels.rowwise``,
-    holding a view of the chain's parameters for the run."""
-
-    def __init__(self, layers, params):
-        self._params = params
-        self._run = RowwiseRun([layer_kind(f) for f in layers], [f.num_params for f in layers],
-                               layers[0].dim)
-
-    def _forward(self, z, x, log_det):
-        self._run.forward(self._params, z, x, log_det)
-
-    def _inverse(self, x, z, log_det):
-        self._run.inverse(self._params, x, z, log_det)
-
-    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
-        self._run.backward(self._params, z, grad_x, grad_log_det, grad_z, grad_params)
-
-    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
-        self._run.inverse_backward(self._params, x, grad_z, grad_log_det, grad_x, grad_params)

@@ -83,7 +83,7 @@ class Planar(RowwiseFlow):
     @property
     def uhat(self):
         """The effective direction ``uhat(u, w)``, with ``w.uhat >= -1``."""
-        return self._run.prepare(self._params)[:self.dim]
+        return self._k.run.prepare(self._params)[:self.dim]
 
     def _config(self):
         return {"dim": self.dim, "dtype": self.dtype.name}
