@@ -36,6 +36,15 @@ Method
    faster) are reported in their own column, never in the median.
 3. Ratio = peer median / pyflowcore median: above 1 pyflowcore is faster.
 
+All backends run in one process, as a user would mix them.  On a machine
+with few cores the OpenMP thread pools of pyflowcore and of PyTorch can then
+spin-wait against each other: on this project's 2-core machine, after
+pyflowcore's calls, torch.compile's W5 (N = 64) took 16 ms per call instead
+of 40 µs, and back to about 50 µs with ``OMP_WAIT_POLICY=passive`` set in the
+environment.  The benchmark does not set it (it measures the machine as it
+is); a peer time far out of line with its neighbours is worth re-running
+that way.
+
 Workloads (dim 16; N = 65,536, or ``--quick``'s smaller N shown in the
 table): W1 16 planar layers, forward + log-det; W2 the same, forward and the
 gradient of ``mean(log_det + ||x||^2)`` with respect to all parameters
@@ -510,7 +519,8 @@ def machine_limits(n=FULL_N, dtypes=("float64", "float32"), *, copy_mib=256, rep
         y = np.empty_like(x)
         funcs = [("np.tanh", lambda: np.tanh(x, out=y)), ("np.exp", lambda: np.exp(x, out=y))]
         if vmath is not None:
-            funcs += [("vmath.tanh", lambda: vmath.tanh(x, y)), ("vmath.exp", lambda: vmath.exp(x, y))]
+            funcs += [("vmath.tanh", lambda: vmath.tanh(x, y)),
+                      ("vmath.exp", lambda: vmath.exp(x, y))]
         for name, fn in funcs:
             t = time_call(fn, **timing)
             rows.append((f"{name} {dtype}", f"{t / size * 1e9:.2f} ns/element",
@@ -551,7 +561,8 @@ def _machine_header(backends):
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in fh
+                       if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     parts = [f"CPU: {cpu}, {os.cpu_count()} logical cores",
@@ -573,7 +584,10 @@ def report(rows, limits, backends, settings):
            "compile = JAX `lower().compile()` or torch.compile's first call, not in the median. "
            "rel. err = max|peer - pyflowcore| / max|pyflowcore| over the outputs, "
            f"checked before timing (float64 <= {TOLERANCE['float64']:.0e}, "
-           f"float32 <= {TOLERANCE['float32']:.0e}).", "",
+           f"float32 <= {TOLERANCE['float32']:.0e}). "
+           "All backends share one process: on few cores their OpenMP pools can spin against "
+           "each other; a torch time far out of line is worth re-running with "
+           "OMP_WAIT_POLICY=passive.", "",
            format_table(rows)]
     if limits:
         out += ["", "## This machine's limits", "", "| quantity | value | note |", "|---|---:|---|"]
@@ -618,9 +632,10 @@ def run_args(args):
             return 2
         backends = [backends[0]] + [b for b in backends[1:] if b.name in wanted]
     elif args.quick:
-        backends = [Disabled(b.name, "left out of --quick (Inductor takes seconds to minutes per "
-                                     "workload); use --full or --backends") if b.name == "torch.compile"
-                    else b for b in backends]
+        reason = ("left out of --quick (Inductor takes seconds to minutes per workload); "
+                  "use --full or --backends")
+        backends = [Disabled(b.name, reason) if b.name == "torch.compile" else b
+                    for b in backends]
     dtype = args.dtype or ("float64" if args.quick else "both")
     dtypes = ("float64", "float32") if dtype == "both" else (dtype,)
     if args.quick:

@@ -520,6 +520,8 @@ def make_parser():
     p.add_argument("--out", default=None, metavar="FILE",
                    help=".npy or .csv (default: CSV on stdout)")
     p.set_defaults(run=cmd_log_prob)
+    from pyflowcore import bench
+    bench.add_arguments(sub.add_parser("bench", help=bench.HELP)).set_defaults(run=bench.run_args)
     return parser
 
 
