@@ -2,18 +2,18 @@
 
 ``RowwiseRun`` runs a run of row-wise layers (ElementwiseScale, Shift,
 Planar, Radial) with the fused kernels of ``csrc/chain.cu``, exactly the
-runs that ``pyflowcore/_kernels/chain.pyx`` fuses on the CPU; a single
+runs that ``pyflowcore/_kernels/rowwise.pyx`` fuses on the CPU; a single
 row-wise flow is a run of one.  ``ChainEngine`` strings the units of a chain
-together as ``Chain`` does on the CPU, with CuPy buffers.
+together with the CPU ``Chain``'s ``Units`` sequencing, on CuPy buffers.
 """
 
 import cupy
 import numpy as np
 
-from pyflowcore._kernels import rowwise as _cpu_chain
 from pyflowcore.cuda import _launch
 from pyflowcore.cuda._launch import i32, i64, odd
 from pyflowcore.cuda._module import LAYER_KINDS, kernel
+from pyflowcore.flows.chain import Units, unit_groups
 
 # Work coefficients and per-warp accumulators go to shared memory up to this size each.
 WORK_SMEM = 16 * 1024
@@ -151,82 +151,32 @@ class RowwiseRun:
         return cupy.empty(1, dtype=self.dtype)
 
 
-class ChainEngine:
+class ChainEngine(Units):
     """A ``Chain`` on the GPU: its units (runs of row-wise layers, fused, and
-    the other layers' own engines) applied in turn, as ``Chain`` does on the
-    CPU."""
+    the other layers' own engines) applied in turn by the same ``Units``
+    sequencing as on the CPU, with CuPy buffers."""
 
     def __init__(self, chain, engine_for):
         self.dtype = chain.dtype
-        self._units = []
-        run = []
-
-        def close_run():
-            if run:
-                lo, hi = chain._slices[run[0]].start, chain._slices[run[-1]].stop
-                self._units.append((RowwiseRun([chain.layers[k] for k in run], chain, lo, hi),
-                                    slice(lo, hi)))
-                run.clear()
-
-        for k, f in enumerate(chain.layers):
-            if getattr(f, "_row_kind", None) is not None:
-                run.append(k)
+        units = []
+        for kind, ks in unit_groups(chain.layers):
+            lo, hi = chain._slices[ks[0]].start, chain._slices[ks[-1]].stop
+            if kind == "run":
+                unit = RowwiseRun([chain.layers[k] for k in ks], chain, lo, hi)
             else:
-                close_run()
-                self._units.append((engine_for(f), chain._slices[k]))
-        close_run()
+                unit = engine_for(chain.layers[ks[0]])
+            units.append((unit, slice(lo, hi)))
+        super().__init__(units)
 
+    # The flow kernel interface.
     def _forward(self, z, x, log_det):
-        K = len(self._units)
-        unit_log_det = cupy.empty_like(log_det)
-        scratch = cupy.empty_like(x) if K > 1 else x
-        bufs = (x, scratch) if K % 2 == 1 else (scratch, x)
-        cur = z
-        for k, (unit, _) in enumerate(self._units):
-            nxt = bufs[k % 2]
-            unit._forward(cur, nxt, log_det if k == 0 else unit_log_det)
-            if k:
-                log_det += unit_log_det
-            cur = nxt
+        self.forward(z, x, log_det)
 
     def _inverse(self, x, z, log_det):
-        K = len(self._units)
-        unit_log_det = cupy.empty_like(log_det)
-        scratch = cupy.empty_like(z) if K > 1 else z
-        bufs = (z, scratch) if K % 2 == 1 else (scratch, z)
-        cur = x
-        for k, (unit, _) in enumerate(reversed(self._units)):
-            nxt = bufs[k % 2]
-            unit._inverse(cur, nxt, log_det if k == 0 else unit_log_det)
-            if k:
-                log_det += unit_log_det
-            cur = nxt
+        self.inverse(x, z, log_det)
 
     def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
-        unit_log_det = cupy.empty(z.shape[0], dtype=self.dtype)
-        inputs = [z]
-        for unit, _ in self._units[:-1]:
-            nxt = cupy.empty_like(z)
-            unit._forward(inputs[-1], nxt, unit_log_det)
-            inputs.append(nxt)
-        g = grad_x
-        for k in range(len(self._units) - 1, -1, -1):
-            unit, sl = self._units[k]
-            g_in = grad_z if k == 0 else cupy.empty_like(z)
-            unit._backward(inputs[k], g, grad_log_det, g_in, grad_params[sl])
-            g = g_in
+        self.backward(z, grad_x, grad_log_det, grad_z, grad_params)
 
     def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
-        unit_log_det = cupy.empty(x.shape[0], dtype=self.dtype)
-        K = len(self._units)
-        ys = [None] * (K + 1)
-        ys[K] = x
-        for k in range(K - 1, 0, -1):
-            ys[k] = cupy.empty_like(x)
-            self._units[k][0]._inverse(ys[k + 1], ys[k], unit_log_det)
-        g = grad_z
-        for k in range(K):
-            unit, sl = self._units[k]
-            g_in = grad_x if k == K - 1 else cupy.empty_like(x)
-            unit._inverse_backward(ys[k + 1], g, grad_log_det, g_in, grad_params[sl])
-            g = g_in
+        self.inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)

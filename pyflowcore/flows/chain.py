@@ -85,86 +85,125 @@ class Chain(Flow):
         inner = ",\n    ".join(repr(f) for f in self.layers)
         return f"Chain([\n    {inner},\n])"
 
-    # -- kernels: the units' kernels in turn ------------------------------
-    # A unit is one layer, or a run of row-wise layers fused into one kernel.
+    # -- kernels ------------------------------------------------------------
     def _build_units(self):
-        self._units = []
-        run = []
-
-        def close_run():
-            if len(run) > 1:
-                lo, hi = self._slices[run[0]].start, self._slices[run[-1]].stop
-                self._units.append((RunKernels([self.layers[k] for k in run], self._params[lo:hi]),
-                                    slice(lo, hi)))
-            elif run:
-                self._units.append((self.layers[run[0]], self._slices[run[0]]))
-            run.clear()
-
-        for k, f in enumerate(self.layers):
-            if layer_kind(f) is not None:
-                run.append(k)
+        units = []
+        for kind, ks in unit_groups(self.layers):
+            lo, hi = self._slices[ks[0]].start, self._slices[ks[-1]].stop
+            if kind == "run" and len(ks) > 1:
+                unit = RunKernels([self.layers[k] for k in ks], self._params[lo:hi])
             else:
-                close_run()
-                self._units.append((f, self._slices[k]))
-        close_run()
+                unit = self.layers[ks[0]]
+            units.append((unit, slice(lo, hi)))
+        self._units = Units(units)
 
     def _forward(self, z, x, log_det):
-        n = z.shape[0]
-        unit_log_det = np.empty(n, dtype=self.dtype)
+        self._units.forward(z, x, log_det)
+
+    def _inverse(self, x, z, log_det):
+        self._units.inverse(x, z, log_det)
+
+    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
+        self._units.backward(z, grad_x, grad_log_det, grad_z, grad_params)
+
+    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
+        self._units.inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)
+
+
+def unit_groups(layers):
+    """Split a chain's layers into units: maximal runs of row-wise layers,
+    which one fused kernel executes, and single other layers.
+
+    Yields
+    ------
+    ("run" | "layer", list of layer indices)
+    """
+    run = []
+    for k, f in enumerate(layers):
+        if layer_kind(f) is not None:
+            run.append(k)
+            continue
+        if run:
+            yield "run", run
+            run = []
+        yield "layer", [k]
+    if run:
+        yield "run", run
+
+
+def _empty_like(a):
+    """``empty_like`` for a NumPy or (on the GPU) a CuPy array."""
+    if isinstance(a, np.ndarray):
+        return np.empty_like(a)
+    import cupy
+    return cupy.empty_like(a)
+
+
+class Units:
+    """A sequence of units applied in turn, each with the flow kernel
+    interface (``_forward``, ``_inverse``, ``_backward``,
+    ``_inverse_backward``) and its slice of the chain's parameter vector.
+
+    Shared by the CPU ``Chain`` and its GPU engine; buffers are allocated
+    like the arrays they are given.
+    """
+
+    def __init__(self, units):
+        self.units = list(units)
+
+    def forward(self, z, x, log_det):
+        K = len(self.units)
+        unit_log_det = _empty_like(log_det)
         # Ping-pong between x and one scratch array so the last unit lands in x.
-        K = len(self._units)
-        scratch = np.empty_like(x) if K > 1 else x
+        scratch = _empty_like(x) if K > 1 else x
         bufs = (x, scratch) if K % 2 == 1 else (scratch, x)
         cur = z
-        for k, (unit, _) in enumerate(self._units):
+        for k, (unit, _) in enumerate(self.units):
             nxt = bufs[k % 2]
             unit._forward(cur, nxt, log_det if k == 0 else unit_log_det)
             if k:
                 log_det += unit_log_det
             cur = nxt
 
-    def _inverse(self, x, z, log_det):
-        n = x.shape[0]
-        unit_log_det = np.empty(n, dtype=self.dtype)
-        K = len(self._units)
-        scratch = np.empty_like(z) if K > 1 else z
+    def inverse(self, x, z, log_det):
+        K = len(self.units)
+        unit_log_det = _empty_like(log_det)
+        scratch = _empty_like(z) if K > 1 else z
         bufs = (z, scratch) if K % 2 == 1 else (scratch, z)
         cur = x
-        for k, (unit, _) in enumerate(reversed(self._units)):
+        for k, (unit, _) in enumerate(reversed(self.units)):
             nxt = bufs[k % 2]
             unit._inverse(cur, nxt, log_det if k == 0 else unit_log_det)
             if k:
                 log_det += unit_log_det
             cur = nxt
 
-    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
-        n = z.shape[0]
-        unit_log_det = np.empty(n, dtype=self.dtype)
+    def backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
+        unit_log_det = _empty_like(grad_log_det)
         inputs = [z]
-        for unit, _ in self._units[:-1]:
-            nxt = np.empty_like(z)
+        for unit, _ in self.units[:-1]:
+            nxt = _empty_like(z)
             unit._forward(inputs[-1], nxt, unit_log_det)
             inputs.append(nxt)
         g = grad_x
-        for k in range(len(self._units) - 1, -1, -1):
-            unit, params_slice = self._units[k]
-            g_in = grad_z if k == 0 else np.empty_like(z)
+        for k in range(len(self.units) - 1, -1, -1):
+            unit, params_slice = self.units[k]
+            g_in = grad_z if k == 0 else _empty_like(z)
             unit._backward(inputs[k], g, grad_log_det, g_in, grad_params[params_slice])
             g = g_in
 
-    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
+    def inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
         # The inverse runs the units last to first: y_K = x, y_{k-1} = f_k^{-1}(y_k).
-        n = x.shape[0]
-        unit_log_det = np.empty(n, dtype=self.dtype)
-        K = len(self._units)
+        unit_log_det = _empty_like(grad_log_det)
+        K = len(self.units)
         ys = [None] * (K + 1)
         ys[K] = x
         for k in range(K - 1, 0, -1):
-            ys[k] = np.empty_like(x)
-            self._units[k][0]._inverse(ys[k + 1], ys[k], unit_log_det)
+            ys[k] = _empty_like(x)
+            self.units[k][0]._inverse(ys[k + 1], ys[k], unit_log_det)
         g = grad_z
         for k in range(K):
-            unit, params_slice = self._units[k]
-            g_in = grad_x if k == K - 1 else np.empty_like(x)
+            unit, params_slice = self.units[k]
+            g_in = grad_x if k == K - 1 else _empty_like(x)
             unit._inverse_backward(ys[k + 1], g, grad_log_det, g_in, grad_params[params_slice])
             g = g_in

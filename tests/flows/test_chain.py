@@ -85,7 +85,7 @@ def test_fused_row_wise_run_matches_layer_by_layer(dtype, n):
     dim = 4
     layers = rowwise_layers(dim, dtype, rng)
     chain = pf.Chain(layers)
-    assert len(chain._units) == 1, "the whole run of row-wise layers is one fused unit"
+    assert len(chain._units.units) == 1, "the whole run of row-wise layers is one fused unit"
     z = rng.standard_normal((n, dim)).astype(dtype)
     g = rng.standard_normal((n, dim)).astype(dtype)
     gld = rng.standard_normal(n).astype(dtype)

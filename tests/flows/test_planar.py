@@ -307,7 +307,6 @@ def test_log_det_finite_and_accurate_in_the_tails(c, dtype):
     # 1 - tanh^2(s) ~ 4 exp(-2|s|) rounds to 0 past |s| ~ 19 when computed
     # as written; the kernel keeps it, so log_det ~ h' c is right to relative
     # precision far into the tails (down to underflow), and finite throughout.
-    dim = 3
     w = np.array([0.6, -0.8, 0.0])
     u = np.log(np.expm1(c + 1.0)) * w     # w.u = a with m(a) = c
     flow = planar(u, w, 0.25, dtype)
@@ -331,7 +330,6 @@ def test_log_det_finite_and_accurate_in_the_tails(c, dtype):
 def test_log_det_with_w_dot_uhat_minus_one(dtype):
     # D = tanh^2 + h' softplus(w.u) is a sum of non-negative terms: no
     # cancellation when w.uhat rounds to -1 while softplus(w.u) = 1e-12 > 0.
-    dim = 2
     w = np.array([1.0, 0.0])
     for wu in (-1e3, np.log(1e-12)):
         flow = planar(wu * w, w, 0.0, dtype)

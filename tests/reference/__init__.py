@@ -11,8 +11,6 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
 
 @dataclass
 class Case:
