@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import pyflowcore as pf
+from tests.finite_differences import vjp_and_finite_differences
 from tests.reference import all_cases
 
 CASES = all_cases()
@@ -76,50 +77,15 @@ def test_inverse_round_trip(case, dim, dtype):
     assert_close(log_det_inv, -log_det, dtype, scale=max(1.0, np.abs(log_det).max()) * 10)
 
 
-def scalar_loss_fd(fun, v, h=1e-6):
-    """Central-difference gradient of a scalar function of an array."""
-    grad = np.zeros_like(v)
-    flat, gflat = v.reshape(-1), grad.reshape(-1)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + h
-        up = fun(v)
-        flat[k] = old - h
-        down = fun(v)
-        flat[k] = old
-        gflat[k] = (up - down) / (2 * h)
-    return grad
-
-
 @pytest.mark.parametrize("direction", ["backward", "inverse_backward"])
 @pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
 def test_vjp_matches_finite_differences(case, dim, dtype, direction):
     flow, z = build(case, dim, dtype)
-    rng = np.random.default_rng(1)
-    if direction == "backward":
-        v, apply, vjp = z, flow.forward, flow.backward
-    else:
-        v, apply, vjp = flow.forward(z)[0], flow.inverse, flow.inverse_backward
-    g_out = rng.standard_normal(v.shape)
-    g_ld = rng.standard_normal(v.shape[0])
-
-    def loss(v_):
-        out, ld = apply(v_)
-        return np.sum(g_out * out) + np.sum(g_ld * ld)
-
-    grad_v, grad_params = vjp(v, g_out, g_ld)
+    grad_v, grad_params, fd_v, fd_params = vjp_and_finite_differences(
+        flow, z, direction, np.random.default_rng(1))
     assert grad_params.shape == (flow.num_params,)
-    np.testing.assert_allclose(grad_v, scalar_loss_fd(loss, v.copy()), rtol=1e-5, atol=1e-6)
-
-    theta = flow.params.copy()
-
-    def loss_params(t):
-        flow.set_params(t)
-        return loss(v)
-
-    fd = scalar_loss_fd(loss_params, theta.copy())
-    flow.set_params(theta)
-    np.testing.assert_allclose(grad_params, fd, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad_v, fd_v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad_params, fd_params, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("case,dim,dtype", case_params())

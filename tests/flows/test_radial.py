@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import pyflowcore as pf
+from tests.finite_differences import vjp_and_finite_differences
 
 DTYPES = ["float64", "float32"]
 EPS = {"float64": 1e-12, "float32": 1e-5}
@@ -184,19 +185,6 @@ def test_non_finite_rows_in_inverse_only_affect_themselves():
 
 # -- gradients --------------------------------------------------------------
 
-def fd_grad(fun, v, h):
-    g = np.zeros_like(v)
-    for k in np.ndindex(v.shape):
-        old = v[k]
-        v[k] = old + h
-        up = fun(v)
-        v[k] = old - h
-        down = fun(v)
-        v[k] = old
-        g[k] = (up - down) / (2 * h)
-    return g
-
-
 @pytest.mark.parametrize("direction", ["backward", "inverse_backward"])
 @pytest.mark.parametrize("dim", [2, 5])
 @pytest.mark.parametrize("log_alpha,s_rel", [(0.0, 0.02), (-3.0, 0.05), (2.0, 20.0)])
@@ -208,30 +196,9 @@ def test_vjp_vs_finite_differences_moderately_hard(log_alpha, s_rel, dim, direct
     z0 = rng.uniform(-1, 1, dim)
     flow = radial(dim, log_alpha, alpha * s_rel, z0)
     z = points(rng, 6, dim, z0, alpha * rng.uniform(0.3, 3.0, (6, 1)))
-    if direction == "backward":
-        v, apply, vjp = z, flow.forward, flow.backward
-    else:
-        v, apply, vjp = flow.forward(z)[0], flow.inverse, flow.inverse_backward
-    g_out = rng.standard_normal(v.shape)
-    g_ld = rng.standard_normal(v.shape[0])
-
-    def loss(v_):
-        out, ld = apply(v_)
-        return np.sum(g_out * out) + np.sum(g_ld * ld)
-
-    grad_v, grad_params = vjp(v, g_out, g_ld)
-    h = 1e-6 * min(alpha, 1.0)
-    fd_v = fd_grad(loss, v.copy(), h)
+    grad_v, grad_params, fd_v, fd_p = vjp_and_finite_differences(
+        flow, z, direction, rng, h_points=1e-6 * min(alpha, 1.0))
     np.testing.assert_allclose(grad_v, fd_v, rtol=1e-6, atol=1e-6 * np.abs(fd_v).max())
-
-    theta = flow.params.copy()
-
-    def loss_params(t):
-        flow.set_params(t)
-        return loss(v)
-
-    fd_p = fd_grad(loss_params, theta.copy(), 1e-6)
-    flow.set_params(theta)
     np.testing.assert_allclose(grad_params, fd_p, rtol=1e-6, atol=1e-6 * np.abs(fd_p).max())
 
 
