@@ -1,12 +1,28 @@
 /*
- * realnvp_cpu.h -- the CPU's vectorised tanh layer of the Real NVP nets
- * (CPU only: it builds on pfc_vmath.h).
+ * realnvp_cpu.h -- the CPU's dense layers of the Real NVP nets (CPU only:
+ * it builds on pfc_vmath.h and x86 intrinsics).
  *
- * A Real NVP forward pass evaluates num_masks * 2 * num_layers * units tanh
- * per row (134M for 8 masks of 2 x 64 units on 65,536 rows): with libm's
- * scalar tanh that is most of the run time, far more than the GEMMs.  The
- * branch-free pfc::vm::tanh (<= 2 ulp) runs a whole row of units in AVX2 or
- * AVX-512 lanes.  realnvp_tanh_row in realnvp.h stays the definition the
+ *  realnvp_bias_tanh_block   h = tanh(h + bias) through vm::tanh_array
+ *    (<= 2.5 ulp, AVX-512 when available).  A forward pass evaluates
+ *    num_masks * 2 * num_layers * units tanh per row (134M for 8 masks of
+ *    2 x 64 units on 65,536 rows), ~40% of its time.  Replacing vm::tanh's
+ *    division (vdivpd) by rcp14 + Newton + a Markstein correction, and
+ *    interleaving 4 vectors' dependency chains, were both tried and gained
+ *    nothing measurable (1.70 vs 1.73 ns/element): the ~45 vector
+ *    instructions per 8 doubles saturate the two 512-bit ports.
+ *
+ *  realnvp_gemm   C (m x n) = init + X W with X read through two strides
+ *    (so X or X^T, without copies) and W row-major (K x n); init is 0, a
+ *    bias row or C itself.  At the sizes of one row block (m = 64, n, K <=
+ *    128) OpenBLAS spends much of its time packing operands (and a beta
+ *    pass), and above m n K = 2^18 hands the call to its own thread pool,
+ *    which the kernel's OpenMP team must not trigger.  The AVX-512
+ *    register-tiled kernel (6 rows x 4 vectors of accumulators, W read
+ *    straight from L1) needs neither packing nor a size limit.  Sums over
+ *    k run in order, so results do not depend on threads.
+ *
+ * realnvp_simd() says whether realnvp_gemm can run; the Cython kernel calls
+ * BLAS otherwise.  realnvp_tanh_row in realnvp.h stays the definition the
  * GPU uses.
  */
 #ifndef PFC_REALNVP_CPU_H
@@ -15,17 +31,172 @@
 #include "pfc_vmath.h"
 #include "realnvp.h"
 
+#if PFC_VM_DISPATCH
+#include <immintrin.h>
+#define PFC_RNVP_SIMD 1
+#define PFC_RNVP_TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define PFC_RNVP_INL PFC_RNVP_TARGET inline __attribute__((always_inline))
+#else
+#define PFC_RNVP_SIMD 0
+#endif
+
 namespace pfc {
 namespace cpu {
 
-/* h[r * ld + i] = tanh(h[r * ld + i] + bias[i]) for r < rows, i < n. */
+inline bool realnvp_simd() {
+#if PFC_RNVP_SIMD
+    return vm::cpu_level() == vm::LEVEL_AVX512;
+#else
+    return false;
+#endif
+}
+
+#if PFC_RNVP_SIMD
+namespace rnvp {
+
+/* One zmm register of T: the few operations the kernels need. */
+template <typename T> struct V;
+
+template <> struct V<double> {
+    typedef __m512d v;
+    typedef __mmask8 m;
+    enum { L = 8 };
+    static PFC_RNVP_INL m tail(int n) { return (m)((n >= 8) ? 0xff : ((1u << n) - 1u)); }
+    static PFC_RNVP_INL v load(const double* p, m k) { return _mm512_maskz_loadu_pd(k, p); }
+    static PFC_RNVP_INL void store(double* p, v a, m k) { _mm512_mask_storeu_pd(p, k, a); }
+    static PFC_RNVP_INL v set1(double a) { return _mm512_set1_pd(a); }
+    static PFC_RNVP_INL v zero() { return _mm512_setzero_pd(); }
+    static PFC_RNVP_INL v fma(v a, v b, v c) { return _mm512_fmadd_pd(a, b, c); }
+    static PFC_RNVP_INL v add(v a, v b) { return _mm512_add_pd(a, b); }
+};
+
+template <> struct V<float> {
+    typedef __m512 v;
+    typedef __mmask16 m;
+    enum { L = 16 };
+    static PFC_RNVP_INL m tail(int n) { return (m)((n >= 16) ? 0xffff : ((1u << n) - 1u)); }
+    static PFC_RNVP_INL v load(const float* p, m k) { return _mm512_maskz_loadu_ps(k, p); }
+    static PFC_RNVP_INL void store(float* p, v a, m k) { _mm512_mask_storeu_ps(p, k, a); }
+    static PFC_RNVP_INL v set1(float a) { return _mm512_set1_ps(a); }
+    static PFC_RNVP_INL v zero() { return _mm512_setzero_ps(); }
+    static PFC_RNVP_INL v fma(v a, v b, v c) { return _mm512_fmadd_ps(a, b, c); }
+    static PFC_RNVP_INL v add(v a, v b) { return _mm512_add_ps(a, b); }
+};
+
+/* One tile: R rows x NV vectors of C, the last vector masked by `last`. */
+template <typename T, int R, int NV>
+PFC_RNVP_TARGET void gemm_tile(index_t K, const T* x, index_t xrs, index_t xks, const T* w,
+                               index_t ldw, const T* bias, bool acc_c, T* c, index_t ldc,
+                               typename V<T>::m last) {
+    typedef V<T> S;
+    typename S::v acc[R][NV];
+    const typename S::m full = S::tail(S::L);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+            const typename S::m k = (v == NV - 1) ? last : full;
+            acc[r][v] = acc_c ? S::load(c + r * ldc + v * S::L, k)
+                      : bias ? S::load(bias + v * S::L, k) : S::zero();
+        }
+    }
+    for (index_t k = 0; k < K; ++k) {
+        typename S::v wv[NV];
+        const T* wk = w + k * ldw;
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) wv[v] = S::load(wk + v * S::L, (v == NV - 1) ? last : full);
+        const T* xk = x + k * xks;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            const typename S::v xb = S::set1(xk[r * xrs]);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(xb, wv[v], acc[r][v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+            S::store(c + r * ldc + v * S::L, acc[r][v], (v == NV - 1) ? last : full);
+        }
+    }
+}
+
+/* Rows of one column panel of NV vectors, in tiles of 6 (12 for a single
+ * vector, whose tiles would otherwise leave most registers idle). */
+template <typename T, int NV>
+PFC_RNVP_TARGET void gemm_panel(index_t m, index_t K, const T* x, index_t xrs, index_t xks,
+                                const T* w, index_t ldw, const T* bias, bool acc_c, T* c,
+                                index_t ldc, typename V<T>::m last) {
+    constexpr int R = NV == 1 ? 12 : 6;
+    index_t i = 0;
+    for (; i + R <= m; i += R) {
+        gemm_tile<T, R, NV>(K, x + i * xrs, xrs, xks, w, ldw, bias, acc_c, c + i * ldc, ldc, last);
+    }
+    const index_t rem = m - i;
+    x += i * xrs;
+    c += i * ldc;
+#define PFC_RNVP_TILE(r) \
+    case r: gemm_tile<T, r, NV>(K, x, xrs, xks, w, ldw, bias, acc_c, c, ldc, last); break;
+    switch (rem) {
+        PFC_RNVP_TILE(1) PFC_RNVP_TILE(2) PFC_RNVP_TILE(3) PFC_RNVP_TILE(4)
+        PFC_RNVP_TILE(5) PFC_RNVP_TILE(6) PFC_RNVP_TILE(7) PFC_RNVP_TILE(8)
+        PFC_RNVP_TILE(9) PFC_RNVP_TILE(10) PFC_RNVP_TILE(11)
+        default: break;
+    }
+#undef PFC_RNVP_TILE
+}
+
+template <typename T>
+PFC_RNVP_TARGET void gemm(index_t m, int n, index_t K, const T* x, index_t xrs, index_t xks,
+                          const T* w, index_t ldw, const T* bias, bool acc_c, T* c,
+                          index_t ldc) {
+    typedef V<T> S;
+    constexpr int PANEL = 4 * S::L;
+    for (int j = 0; j < n; j += PANEL) {
+        const int nj = (n - j < PANEL) ? n - j : PANEL;
+        const int nv = (nj + S::L - 1) / S::L;
+        const typename S::m last = S::tail(nj - (nv - 1) * S::L);
+        const T* bj = bias ? bias + j : bias;
+        switch (nv) {
+            case 1: gemm_panel<T, 1>(m, K, x, xrs, xks, w + j, ldw, bj, acc_c, c + j, ldc, last); break;
+            case 2: gemm_panel<T, 2>(m, K, x, xrs, xks, w + j, ldw, bj, acc_c, c + j, ldc, last); break;
+            case 3: gemm_panel<T, 3>(m, K, x, xrs, xks, w + j, ldw, bj, acc_c, c + j, ldc, last); break;
+            default: gemm_panel<T, 4>(m, K, x, xrs, xks, w + j, ldw, bj, acc_c, c + j, ldc, last); break;
+        }
+    }
+}
+
+}  // namespace rnvp
+#endif  /* PFC_RNVP_SIMD */
+
+/* h[r * ld + i] = tanh(h[r * ld + i] + bias[i]) for r < rows, i < n (no
+ * bias when bias is NULL).  The kernel passes whole contiguous layers
+ * (rows = 1), so vm::tanh_array's dispatch is paid once per layer. */
 template <typename T>
 inline void realnvp_bias_tanh_block(T* h, index_t ld, const T* bias, index_t rows, int n) {
     for (index_t r = 0; r < rows; ++r) {
         T* hr = h + r * ld;
-        for (int i = 0; i < n; ++i) hr[i] += bias[i];
+        if (bias) {
+            for (int i = 0; i < n; ++i) hr[i] += bias[i];
+        }
         vm::tanh_array(hr, hr, n);
     }
+}
+
+/* C[i * ldc + j] = init_ij + sum_{k < K} X[i * xrs + k * xks] W[k * ldw + j]
+ * for i < m, j < n, with init_ij = C[i * ldc + j] if acc_c, else bias[j]
+ * (0 when bias is NULL).  AVX-512 only: callers check realnvp_simd(). */
+template <typename T>
+inline void realnvp_gemm(index_t m, int n, index_t K, const T* x, index_t xrs, index_t xks,
+                         const T* w, index_t ldw, const T* bias, bool acc_c, T* c,
+                         index_t ldc) {
+#if PFC_RNVP_SIMD
+    rnvp::gemm(m, n, K, x, xrs, xks, w, ldw, bias, acc_c, c, ldc);
+#else
+    (void)m; (void)n; (void)K; (void)x; (void)xrs; (void)xks; (void)w; (void)ldw;
+    (void)bias; (void)acc_c; (void)c; (void)ldc;
+#endif
 }
 
 }  // namespace cpu

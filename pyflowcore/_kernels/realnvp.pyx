@@ -7,7 +7,7 @@ A Real NVP coupling is two small MLPs (s and t) applied to the passed
 entries of a row, then an elementwise affine update of the changed entries.
 The MLP layers are matrix products, so unlike the row-wise flows the batch is
 processed in *row blocks*: each block of ``block_rows`` rows is carried
-through every coupling with BLAS GEMMs (``scipy.linalg.cython_blas``), while
+through every coupling with GEMMs (see the two back ends below), while
 the elementwise parts -- tanh layers, their derivative, the masked affine
 update and its log-determinant -- come from ``csrc/realnvp.h`` (shared with
 CUDA).  Blocks are distributed over an OpenMP team (``prange``), each thread
@@ -22,34 +22,42 @@ No arithmetic is spent on mask zeros:
 * the output layers compute only the c = dim - p changed entries, from the
   gathered rows of ``A_out`` / ``b_out``.
 
-The gathered weights live in ``work``, one slot of ``WORK_SLOT`` values per
-mask (sized for the largest p and c, so slots have a fixed stride):
+The gathered weights live in ``work``, one slot per mask (fixed stride,
+sized for the largest p and c), in both orientations so that every product
+reads its right-hand operand row-major (see ``make_geom``):
 
-    W1 (2U x p, row-major) | b1 (2U) | AoS (c x U) | AoT (c x U) | boS (c) | boT (c)
+    W1 (2U x p) | W1^T (p x 2U) | b1 (2U) | AoS, AoT (c x U) |
+    AoS^T, AoT^T (U x c) | boS, boT (c) | A_l^T of both nets (U x U each)
+
+Two GEMM back ends (``mm``): on AVX-512 CPUs the register-tiled GEMM of
+``csrc/realnvp_cpu.h``; elsewhere (or after ``set_simd(False)``) BLAS
+(``scipy.linalg.cython_blas``).  Biases are the GEMMs' initial values and
+each tanh layer is one ``vm::tanh_array`` pass over the block.
 
 GEMM threading.  OpenBLAS runs a GEMM on its own thread pool once
 m*n*k > 2^18 (its interface/gemm.c threshold); called from inside our OpenMP
 team that would oversubscribe the cores and serialise the callers on
-OpenBLAS's server lock.  The block height is therefore chosen so that every
-GEMM of a block stays below that size (and at least 16 rows, at most 512).
+OpenBLAS's server lock (its thread count cannot be set per thread:
+openblas_set_num_threads_local is process-wide in pthreads builds).  On the
+BLAS path the block height keeps every GEMM of a block below that size (and
+at least 16 rows, at most 512); the AVX-512 kernel has no such limit and
+uses 64-row blocks, which keep the backward's per-block scratch in L2.
 
-Measured (2-core shared development machine, dim 16, 8 masks, 2 x 64 units,
-N = 65536, float64, best of 3): 64-row blocks (the rule's choice) forward
-1.5 s, backward including its forward recompute 1.8 s; 32-row blocks
-1.8 s / 2.9 s; 128-row blocks, whose hidden GEMMs cross the threshold,
-3.5-5 s / 4.7-8.8 s; one whole-batch GEMM per layer (OpenBLAS threading
-it) 2.9-7.2 s forward.  A profile of the forward shows ~80% of the time in
-libm's tanh (134M evaluations), ~8% in the GEMMs: tanh, not BLAS, bounds
-this kernel.
+Measured (2-core shared machine, Sapphire Rapids, dim 16, 8 masks, 2 x 64
+units, N = 65536): forward float64 ~290 ms on either back end when the
+machine is quiet, of which tanh (134M evaluations, ~1.7 ns each on one
+core, 2 x ~45 vector instructions per 8 doubles: port-bound, not
+division-bound) is ~40% and the GEMMs (10.7 GFLOP) ~35% at ~50 GFLOP/s
+per core against ~87 GFLOP/s FMA peak.
 
 Backward passes (``vjp``) recompute the forward of each block while keeping
 every coupling's input rows, tanh activations and exp(+-s) values in the
 thread's scratch, then walk the couplings in reverse: tanh is evaluated once
 per activation, its derivative is 1 - h^2 of the stored value.  Parameter
 gradients are accumulated by GEMMs with beta = 1 into per-chunk partial
-buffers, in the same gathered layout (plus the hidden layers), and summed in
-chunk order (``_parallel.pxd``): the result does not depend on the number of
-threads.  The number of chunks is further capped so that the partials stay
+buffers, in the gathered layout W1 | b1 | AoS, AoT | boS, boT | hidden
+layers, and summed in chunk order (``_parallel.pxd``): the result does not
+depend on the number of threads.  The number of chunks is further capped so that the partials stay
 below ``PARTIAL_BUDGET`` values; it depends only on the batch size and the
 architecture.  ``finish_grad`` scatters the sum back to the raw layout,
 writing exact zeros for the A_1 columns of masked entries and the A_out /
@@ -69,7 +77,12 @@ from pyflowcore._kernels._parallel cimport (
 
 
 cdef extern from "realnvp_cpu.h" namespace "pfc::cpu" nogil:
-    void realnvp_bias_tanh_block[T](T* h, Py_ssize_t ld, const T* bias, Py_ssize_t rows, int n)
+    bint realnvp_simd()
+    void realnvp_bias_tanh_block[T](T* h, Py_ssize_t ld, const T* bias, Py_ssize_t rows,
+                                    int n)
+    void realnvp_gemm[T](Py_ssize_t m, int n, Py_ssize_t K, const T* x, Py_ssize_t xrs,
+                         Py_ssize_t xks, const T* w, Py_ssize_t ldw, const T* bias,
+                         bint acc_c, T* c, Py_ssize_t ldc)
 
 cdef extern from "realnvp.h" namespace "pfc" nogil:
     void realnvp_tanh_grad_row[T](T* d, const T* h, int n)
@@ -85,12 +98,37 @@ cdef extern from "realnvp.h" namespace "pfc" nogil:
 
 
 cdef enum:
-    # OpenBLAS threads a GEMM above m*n*k = 2^18; blocks keep below it.
+    # OpenBLAS threads a GEMM above m*n*k = 2^18; BLAS-path blocks keep below it.
     BLAS_SERIAL_MNK = 262144
     MIN_BLOCK_ROWS = 16
     MAX_BLOCK_ROWS = 512
+    # Rows per block of the AVX-512 path (no size limit; the backward's
+    # per-block scratch stays in L2).
+    SIMD_BLOCK_ROWS = 64
     # Cap on (chunks x num_params) of the gradient partial buffers.
-    PARTIAL_BUDGET = 1 << 22
+    PARTIAL_BUDGET = 1 << 20
+
+
+# The AVX-512 kernels of realnvp_cpu.h when the CPU has them; set_simd(False)
+# forces the BLAS / vm::tanh_array path (tests compare the two).
+cdef bint _simd = realnvp_simd()
+
+
+def simd_available():
+    """Whether this CPU runs the AVX-512 kernels."""
+    return bool(realnvp_simd())
+
+
+def set_simd(bint on):
+    """Use the AVX-512 kernels (if available) or force the BLAS path; returns the old setting."""
+    global _simd
+    old = bool(_simd)
+    _simd = on and realnvp_simd()
+    return old
+
+
+def use_simd():
+    return bool(_simd)
 
 
 # -- the net geometry -----------------------------------------------------
@@ -101,24 +139,48 @@ cdef struct Geom:
     int layers        # L
     int num_masks     # M
     int net_size      # raw parameters of one net
-    int work_slot     # work values per mask
+    int gath          # gathered first/output-layer values per mask (acc layout)
     int acc_slot      # accumulator values per mask (= 2 * net_size)
+    # work slot offsets (see work_size)
+    int o_w1t
+    int o_b1
+    int o_ao
+    int o_aot
+    int o_bo
+    int o_ht
+    int work_slot     # work values per mask
 
 
 cdef Geom make_geom(int dim, int units, int layers, int num_masks):
     cdef Geom g
+    cdef int UD = units * dim
     g.dim = dim
     g.units = units
     g.layers = layers
     g.num_masks = num_masks
     g.net_size = 2 * dim * units + dim + units + (layers - 1) * (units + 1) * units
-    g.work_slot = 4 * units * dim + 2 * units + 2 * dim
-    g.acc_slot = g.work_slot + 2 * (layers - 1) * (units + 1) * units
+    g.gath = 4 * UD + 2 * units + 2 * dim
+    g.acc_slot = g.gath + 2 * (layers - 1) * (units + 1) * units
+    g.o_w1t = 2 * UD
+    g.o_b1 = 4 * UD
+    g.o_ao = 4 * UD + 2 * units
+    g.o_aot = 6 * UD + 2 * units
+    g.o_bo = 8 * UD + 2 * units
+    g.o_ht = 8 * UD + 2 * units + 2 * dim
+    g.work_slot = g.o_ht + 2 * (layers - 1) * units * units
     return g
 
 
+def work_size(int dim, int units, int layers, int num_masks):
+    """Length of the ``work`` array that ``prepare`` fills."""
+    return num_masks * make_geom(dim, units, layers, num_masks).work_slot
+
+
 def default_block_rows(int dim, int units, int layers):
-    """Rows per block: every GEMM of a block below OpenBLAS's threading size."""
+    """Rows per block: SIMD_BLOCK_ROWS on the AVX-512 path; on the BLAS path
+    every GEMM of a block below OpenBLAS's threading size."""
+    if _simd:
+        return SIMD_BLOCK_ROWS
     cdef long widest = 2 * <long>units * dim
     if layers > 1 and <long>units * units > widest:
         widest = <long>units * units
@@ -133,7 +195,7 @@ def grad_chunks(Py_ssize_t n, Py_ssize_t num_params):
     return min(num_chunks(n), cap)
 
 
-# -- row-major GEMM -------------------------------------------------------
+# -- matrix products ------------------------------------------------------
 
 cdef inline void gemm_rm(char ta, char tb, int m, int n, int k, floating alpha,
                          const floating* a, int lda, const floating* b, int ldb,
@@ -151,6 +213,28 @@ cdef inline void gemm_rm(char ta, char tb, int m, int n, int k, floating alpha,
               &beta, c, &ldc)
 
 
+cdef inline void mm(bint simd, int m, int n, int k, const floating* x, int ldx, bint xt,
+                    const floating* w, int ldw, const floating* bias, bint acc_c,
+                    floating* c, int ldc) noexcept nogil:
+    """Row-major C (m x n) = init + op(X) W, W row-major (k x n); op(X) = X
+    (m x k, leading dimension ldx) or, with xt, X^T for X stored k x m.
+    init = C if acc_c, else the row vector bias (0 if NULL)."""
+    cdef int i, j
+    cdef floating beta = 1 if acc_c else 0
+    if simd:
+        if xt:
+            realnvp_gemm(m, n, k, x, 1, ldx, w, ldw, bias, acc_c, c, ldc)
+        else:
+            realnvp_gemm(m, n, k, x, ldx, 1, w, ldw, bias, acc_c, c, ldc)
+        return
+    if bias != NULL and not acc_c:
+        for i in range(m):
+            for j in range(n):
+                c[i * ldc + j] = bias[j]
+        beta = 1
+    gemm_rm(c'T' if xt else c'N', c'N', m, n, k, 1, x, ldx, w, ldw, beta, c, ldc)
+
+
 cdef inline void col_sums(int rows, int cols, const floating* d, int ld,
                           floating* acc) noexcept nogil:
     """acc[j] += sum_r d[r, j] (bias gradients), rows in order."""
@@ -164,11 +248,13 @@ cdef inline void col_sums(int rows, int cols, const floating* d, int ld,
 
 def prepare(const floating[::1] params, const int[:, ::1] idx, const int[::1] npass,
             int units, int layers, floating[::1] work):
-    """Gather the first-layer columns and output-layer rows that each mask uses."""
-    cdef int D = <int>idx.shape[1], M = <int>idx.shape[0], U = units
+    """Gather the first-layer columns and output-layer rows that each mask
+    uses, in both orientations, and transpose the hidden layers."""
+    cdef int D = <int>idx.shape[1], M = <int>idx.shape[0], U = units, L = layers
     cdef Geom g = make_geom(D, U, layers, M)
-    cdef int m, k, u, i, j, p, c
+    cdef int m, k, u, v, i, j, p, c, l
     cdef const floating* net
+    cdef const floating* a
     cdef floating* w
     cdef Py_ssize_t hid = (layers - 1) * (U + 1) * U
     for m in range(M):
@@ -180,12 +266,20 @@ def prepare(const floating[::1] params, const int[:, ::1] idx, const int[::1] np
             for u in range(U):
                 for i in range(p):
                     w[(k * U + u) * p + i] = net[u * D + idx[m, i]]
-                w[2 * U * D + k * U + u] = net[U * D + u]
+                    w[g.o_w1t + i * 2 * U + k * U + u] = net[u * D + idx[m, i]]
+                w[g.o_b1 + k * U + u] = net[U * D + u]
+            for l in range(1, L):
+                a = net + U * D + U + (l - 1) * (U + 1) * U
+                for u in range(U):
+                    for v in range(U):
+                        w[g.o_ht + (k * (L - 1) + l - 1) * U * U + v * U + u] = a[u * U + v]
             for j in range(c):
                 for u in range(U):
-                    w[2 * U * D + 2 * U + k * U * D + j * U + u] = \
+                    w[g.o_ao + k * U * D + j * U + u] = \
                         net[U * D + U + hid + idx[m, p + j] * U + u]
-                w[4 * U * D + 2 * U + k * D + j] = net[2 * U * D + U + hid + idx[m, p + j]]
+                    w[g.o_aot + k * U * D + u * c + j] = \
+                        net[U * D + U + hid + idx[m, p + j] * U + u]
+                w[g.o_bo + k * D + j] = net[2 * U * D + U + hid + idx[m, p + j]]
 
 
 def finish_grad(const floating[::1] acc, const int[:, ::1] idx, const int[::1] npass,
@@ -210,7 +304,7 @@ def finish_grad(const floating[::1] acc, const int[:, ::1] idx, const int[::1] n
                     net[u * D + idx[m, i]] = a[(k * U + u) * p + i]
                 net[U * D + u] = a[2 * U * D + k * U + u]
             for q in range(hid):
-                net[U * D + U + q] = a[g.work_slot + k * hid + q]
+                net[U * D + U + q] = a[g.gath + k * hid + q]
             for j in range(c):
                 for u in range(U):
                     net[U * D + U + hid + idx[m, p + j] * U + u] = \
@@ -228,35 +322,39 @@ cdef void gather_rows(int rows, int D, int p, const int* passed, const floating*
             zp[r * p + i] = y[r * D + passed[i]]
 
 
-cdef void nets_forward(Geom g, int rows, int p, const floating* w, const floating* params,
-                       int m, const floating* zp, floating* h, floating* s,
-                       floating* t) noexcept nogil:
+cdef void nets_forward(bint simd, Geom g, int rows, int p, const floating* w,
+                       const floating* params, int m, const floating* zp, floating* h,
+                       floating* s, floating* t) noexcept nogil:
     """s, t (rows x c, without output bias) and the L tanh layers h of a block.
 
     h holds L blocks of rows x 2U: the s-net's units in columns [0, U), the
-    t-net's in [U, 2U).
+    t-net's in [U, 2U).  Biases enter as the GEMMs' initial values, so each
+    layer's tanh is one pass over its contiguous block.
     """
-    cdef int D = g.dim, U = g.units, U2 = 2 * g.units, c = g.dim - p, l, r, k
+    cdef int D = g.dim, U = g.units, U2 = 2 * g.units, c = g.dim - p, l, k
     cdef Py_ssize_t lay = <Py_ssize_t>rows * U2
     cdef const floating* hid
     cdef floating* hl
-    gemm_rm(c'N', c'T', rows, U2, p, 1, zp, p, w, p, 0, h, U2)
-    realnvp_bias_tanh_block(h, U2, w + 2 * U * D, rows, U2)
+    mm(simd, rows, U2, p, zp, p, False, w + g.o_w1t, U2, w + g.o_b1, False, h, U2)
+    realnvp_bias_tanh_block(h, lay, <const floating*>NULL, 1, <int>lay)
     for l in range(1, g.layers):
         hl = h + l * lay
         for k in range(2):
             hid = params + (2 * m + k) * g.net_size + U * D + U + (l - 1) * (U + 1) * U
-            gemm_rm(c'N', c'T', rows, U, U, 1, hl - lay + k * U, U2, hid, U, 0, hl + k * U, U2)
-            realnvp_bias_tanh_block(hl + k * U, U2, hid + U * U, rows, U)
+            mm(simd, rows, U, U, hl - lay + k * U, U2, False,
+               w + g.o_ht + (k * (g.layers - 1) + l - 1) * U * U, U, hid + U * U, False,
+               hl + k * U, U2)
+        realnvp_bias_tanh_block(hl, lay, <const floating*>NULL, 1, <int>lay)
     hl = h + (g.layers - 1) * lay
-    gemm_rm(c'N', c'T', rows, c, U, 1, hl, U2, w + 2 * U * D + U2, U, 0, s, c)
-    gemm_rm(c'N', c'T', rows, c, U, 1, hl + U, U2, w + 3 * U * D + U2, U, 0, t, c)
+    mm(simd, rows, c, U, hl, U2, False, w + g.o_aot, c, <const floating*>NULL, False, s, c)
+    mm(simd, rows, c, U, hl + U, U2, False, w + g.o_aot + U * D, c, <const floating*>NULL,
+       False, t, c)
 
 
-cdef void nets_backward(Geom g, int rows, int p, const floating* w, const floating* params,
-                        int m, const floating* zp, const floating* h, const floating* ds,
-                        const floating* dt, floating* dh, floating* dh2, floating* dzp,
-                        floating* acc) noexcept nogil:
+cdef void nets_backward(bint simd, Geom g, int rows, int p, const floating* w,
+                        const floating* params, int m, const floating* zp, const floating* h,
+                        const floating* ds, const floating* dt, floating* dh, floating* dh2,
+                        floating* dzp, floating* acc) noexcept nogil:
     """Back through both nets of mask m: accumulate parameter gradients into
     acc (this mask's slot) and write the cotangent of the passed inputs, dzp."""
     cdef int D = g.dim, U = g.units, U2 = 2 * g.units, c = g.dim - p, l, r, k
@@ -264,34 +362,35 @@ cdef void nets_backward(Geom g, int rows, int p, const floating* w, const floati
     cdef Py_ssize_t hsz = (g.layers - 1) * (U + 1) * U
     cdef const floating* hl = h + (g.layers - 1) * lay
     cdef const floating* hid
+    cdef const floating* nob = NULL
     cdef floating* ga
     cdef floating* tmp
     # Output layers: only the changed rows of A_out / b_out.
-    gemm_rm(c'T', c'N', c, U, rows, 1, ds, c, hl, U2, 1, acc + 2 * U * D + U2, U)
-    gemm_rm(c'T', c'N', c, U, rows, 1, dt, c, hl + U, U2, 1, acc + 3 * U * D + U2, U)
+    mm(simd, c, U, rows, ds, c, True, hl, U2, nob, True, acc + 2 * U * D + U2, U)
+    mm(simd, c, U, rows, dt, c, True, hl + U, U2, nob, True, acc + 3 * U * D + U2, U)
     col_sums(rows, c, ds, c, acc + 4 * U * D + U2)
     col_sums(rows, c, dt, c, acc + 4 * U * D + U2 + D)
-    gemm_rm(c'N', c'N', rows, U, c, 1, ds, c, w + 2 * U * D + U2, U, 0, dh, U2)
-    gemm_rm(c'N', c'N', rows, U, c, 1, dt, c, w + 3 * U * D + U2, U, 0, dh + U, U2)
+    mm(simd, rows, U, c, ds, c, False, w + g.o_ao, U, nob, False, dh, U2)
+    mm(simd, rows, U, c, dt, c, False, w + g.o_ao + U * D, U, nob, False, dh + U, U2)
     for r in range(rows):
         realnvp_tanh_grad_row(dh + r * U2, hl + r * U2, U2)
     for l in range(g.layers - 1, 0, -1):
         hl = h + (l - 1) * lay
         for k in range(2):
             hid = params + (2 * m + k) * g.net_size + U * D + U + (l - 1) * (U + 1) * U
-            ga = acc + g.work_slot + k * hsz + (l - 1) * (U + 1) * U
-            gemm_rm(c'T', c'N', U, U, rows, 1, dh + k * U, U2, hl + k * U, U2, 1, ga, U)
+            ga = acc + g.gath + k * hsz + (l - 1) * (U + 1) * U
+            mm(simd, U, U, rows, dh + k * U, U2, True, hl + k * U, U2, nob, True, ga, U)
             col_sums(rows, U, dh + k * U, U2, ga + U * U)
-            gemm_rm(c'N', c'N', rows, U, U, 1, dh + k * U, U2, hid, U, 0, dh2 + k * U, U2)
+            mm(simd, rows, U, U, dh + k * U, U2, False, hid, U, nob, False, dh2 + k * U, U2)
         for r in range(rows):
             realnvp_tanh_grad_row(dh2 + r * U2, hl + r * U2, U2)
         tmp = dh
         dh = dh2
         dh2 = tmp
     # First layer: the passed columns of both nets' A_1 at once.
-    gemm_rm(c'T', c'N', U2, p, rows, 1, dh, U2, zp, p, 1, acc, p)
+    mm(simd, U2, p, rows, dh, U2, True, zp, p, nob, True, acc, p)
     col_sums(rows, U2, dh, U2, acc + 2 * U * D)
-    gemm_rm(c'N', c'N', rows, p, U2, 1, dh, U2, w, p, 0, dzp, p)
+    mm(simd, rows, p, U2, dh, U2, False, w, p, nob, False, dzp, p)
 
 
 # -- forward / inverse ---------------------------------------------------------
@@ -321,6 +420,7 @@ def transform(bint inverse, const floating[::1] params, const floating[::1] work
     cdef const int* ix
     cdef int rows, k, m, p, r
     cdef floating ld
+    cdef bint simd = _simd
     with nogil, parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
         buf = <floating*>malloc(scratch * sizeof(floating))
         if buf == NULL:
@@ -343,18 +443,19 @@ def transform(bint inverse, const floating[::1] params, const floating[::1] work
                 p = npass[m]
                 ix = &idx[m, 0]
                 gather_rows(rows, D, p, ix, x, zp)
-                nets_forward(g, rows, p, &work[m * g.work_slot], &params[0], m, zp, h, s, t)
+                nets_forward(simd, g, rows, p, &work[m * g.work_slot], &params[0], m, zp, h,
+                             s, t)
                 for r in range(rows):
                     if inverse:
                         ld = realnvp_coupling_inverse_row(
                             ix + p, D - p, s + r * (D - p), t + r * (D - p),
-                            &work[m * g.work_slot + 4 * units * D + U2],
-                            &work[m * g.work_slot + 4 * units * D + U2 + D], x + r * D)
+                            &work[m * g.work_slot + g.o_bo],
+                            &work[m * g.work_slot + g.o_bo + D], x + r * D)
                     else:
                         ld = realnvp_coupling_forward_row(
                             ix + p, D - p, s + r * (D - p), t + r * (D - p),
-                            &work[m * g.work_slot + 4 * units * D + U2],
-                            &work[m * g.work_slot + 4 * units * D + U2 + D], x + r * D)
+                            &work[m * g.work_slot + g.o_bo],
+                            &work[m * g.work_slot + g.o_bo + D], x + r * D)
                     log_det[r0 + r] += ld
         free(buf)
     if failed[0]:
@@ -363,7 +464,7 @@ def transform(bint inverse, const floating[::1] params, const floating[::1] work
 
 # -- vector-Jacobian products ------------------------------------------------------
 
-cdef void vjp_block(bint inverse, Geom g, int rows, const floating* params,
+cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* params,
                     const floating* work, const int* idx, const int* npass,
                     const floating* v, const floating* grad_out, const floating* gld,
                     floating* grad_in, floating* acc, floating* buf) noexcept nogil:
@@ -396,16 +497,16 @@ cdef void vjp_block(bint inverse, Geom g, int rows, const floating* params,
         yin = v if k == 0 else Y + (k - 1) * bd
         yout = Y + k * bd
         gather_rows(B, D, p, ix, yin, zp)
-        nets_forward(g, B, p, w, params, m, zp, H + k * L * lay, E + k * bd, t)
+        nets_forward(simd, g, B, p, w, params, m, zp, H + k * L * lay, E + k * bd, t)
         memcpy(yout, yin, bd * sizeof(floating))
         for r in range(B):
             if inverse:
                 realnvp_coupling_inverse_row(ix + p, c, E + k * bd + r * c, t + r * c,
-                                             w + 4 * U * D + U2, w + 4 * U * D + U2 + D,
+                                             w + g.o_bo, w + g.o_bo + D,
                                              yout + r * D)
             else:
                 realnvp_coupling_forward_row(ix + p, c, E + k * bd + r * c, t + r * c,
-                                             w + 4 * U * D + U2, w + 4 * U * D + U2 + D,
+                                             w + g.o_bo, w + g.o_bo + D,
                                              yout + r * D)
     memcpy(grad_in, grad_out, bd * sizeof(floating))
     for k in range(M - 1, -1, -1):
@@ -425,7 +526,7 @@ cdef void vjp_block(bint inverse, Geom g, int rows, const floating* params,
                 realnvp_coupling_backward_row(ix + p, c, E + k * bd + r * c, yin + r * D,
                                               gld[r], grad_in + r * D, ds + r * c, t + r * c)
         gather_rows(B, D, p, ix, yin, zp)
-        nets_backward(g, B, p, w, params, m, zp, H + k * L * lay, ds, t, dh, dh2, dzp,
+        nets_backward(simd, g, B, p, w, params, m, zp, H + k * L * lay, ds, t, dh, dh2, dzp,
                       acc + m * g.acc_slot)
         for r in range(B):
             for i in range(p):
@@ -444,6 +545,7 @@ def vjp(bint inverse, const floating[::1] params, const floating[::1] work,
     cdef Py_ssize_t P = <Py_ssize_t>M * g.acc_slot
     cdef Py_ssize_t nc = grad_chunks(n, P), c, r0, r1, j
     cdef int B = block_rows, rows
+    cdef bint simd = _simd
     cdef Py_ssize_t scratch = <Py_ssize_t>B * (2 * M * D + M * layers * U2 + 4 * D + 2 * U2)
     dtype = np.asarray(params).dtype
     cdef floating[:, ::1] partial = np.zeros((nc, P), dtype=dtype)
@@ -461,8 +563,8 @@ def vjp(bint inverse, const floating[::1] params, const floating[::1] work,
                 r0 = chunk_start(n, c, nc)
                 while r0 < r1:
                     rows = <int>min(<Py_ssize_t>B, r1 - r0)
-                    vjp_block(inverse, g, rows, &params[0], &work[0], &idx[0, 0], &npass[0],
-                              &v[r0, 0], &grad_out[r0, 0], &grad_log_det[r0],
+                    vjp_block(simd, inverse, g, rows, &params[0], &work[0], &idx[0, 0],
+                              &npass[0], &v[r0, 0], &grad_out[r0, 0], &grad_log_det[r0],
                               &grad_in[r0, 0], &partial[c, 0], buf)
                     r0 = r0 + rows
             free(buf)

@@ -168,8 +168,8 @@ class RealNVP(Flow):
                 "units": self.units, "dtype": self.dtype.name}
 
     def _work(self):
-        work = np.empty(self.num_masks * (4 * self.units * self.dim + 2 * self.units
-                                          + 2 * self.dim), dtype=self.dtype)
+        work = np.empty(_k.work_size(self.dim, self.units, self.num_layers, self.num_masks),
+                        dtype=self.dtype)
         _k.prepare(self._params, self._idx, self._npass, self.units, self.num_layers, work)
         return work
 
