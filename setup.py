@@ -80,6 +80,8 @@ def extensions():
             f"pyflowcore._kernels.{name}",
             [pyx],
             include_dirs=[str(CSRC), np.get_include()],
+            # Rebuild when a shared header changes, not only the .pyx.
+            depends=sorted(glob("csrc/*.h")),
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=compile_args + omp_compile,
             extra_link_args=omp_link,

@@ -37,6 +37,15 @@
  *   log, log1p: the fdlibm/musl scheme: u = 2^k m, m in [sqrt(2)/2, sqrt(2)),
  *     f = m - 1, s = f / (2 + f), log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2));
  *     log1p adds the rounding correction c / u of u = 1 + x.
+ * Fused pairs for the row-wise flow kernels (rowwise_cpu.h), where one
+ * reduction or one division serves two results: tanh_sech2 (tanh and
+ * 1 - tanh^2 from one exponential and one division; measured 2.6 ulp for
+ * tanh, 4.7 for 1 - tanh^2, the latter relative even where it is tiny),
+ * log_sum (log(u + c) for a small correction c, e.g. log1p(q) as
+ * log(fl(1 + q)) + its rounding error; 1.2 ulp), and log_sum_normal /
+ * log_sum2_normal (the same without special values, for u in a stated
+ * range, the pair sharing its division; 1.2 and 1.4 ulp).  tests/test_vmath.py
+ * does not cover them; the flow tests do, through the kernels.
  * Arguments where the reduction breaks down (e^x over- or underflowing,
  * |x| past tanh = 1, ...) go through the arithmetic harmlessly and are
  * replaced by selects at the end; NaN fails every comparison, so it keeps
@@ -198,8 +207,7 @@ PFC_VM_INLINE void expm1_reduced(float x, float& k, float& r, float& h) {
 /* log(1 + f) - f + f^2/2 for f in [sqrt(2)/2 - 1, sqrt(2) - 1], as
  * s (hfsq + R(s^2)) with s = f / (2 + f) (fdlibm's Lg1..Lg7 / musl logf's
  * Lg1..Lg4, error < 2^-58.45 resp. 2^-34.24). */
-PFC_VM_INLINE double log_kernel(double f, double hfsq) {
-    const double s = f / (2.0 + f);
+PFC_VM_INLINE double log_kernel_s(double s, double hfsq) {
     const double z = s * s;
     const double w = z * z;
     const double t1 = w * (3.999999999940941908e-01 +
@@ -209,14 +217,15 @@ PFC_VM_INLINE double log_kernel(double f, double hfsq) {
                                 w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
     return s * (hfsq + (t2 + t1));
 }
-PFC_VM_INLINE float log_kernel(float f, float hfsq) {
-    const float s = f / (2.0f + f);
+PFC_VM_INLINE float log_kernel_s(float s, float hfsq) {
     const float z = s * s;
     const float w = z * z;
     const float t1 = w * (0.40000972152f + w * 0.24279078841f);
     const float t2 = z * (0.66666662693f + w * 0.28498786688f);
     return s * (hfsq + (t2 + t1));
 }
+PFC_VM_INLINE double log_kernel(double f, double hfsq) { return log_kernel_s(f / (2.0 + f), hfsq); }
+PFC_VM_INLINE float log_kernel(float f, float hfsq) { return log_kernel_s(f / (2.0f + f), hfsq); }
 
 const double LOG_LN2_HI_D = 6.93147180369123816490e-01; /* 0x3fe62e42fee00000 */
 const double LOG_LN2_LO_D = 1.90821492927058770002e-10;
@@ -424,6 +433,189 @@ PFC_VM_INLINE float tanh(float x) {
     t = select_(a > 10.0f, 1.0f, t);
     const float y = copysign_(t, x);
     return select_(fabs_(x) < 0x1p-15f, x, y);
+}
+
+/* --------------------------------------------------- fused pairs
+ *
+ * Pairs of results that the row-wise flow kernels (rowwise_cpu.h) need per
+ * row, cheaper together than apart: one range reduction, or one division,
+ * serves both.  Division is the scarce unit in those kernels (one vdivpd
+ * per 8 doubles occupies the divider for ~16 cycles on current x86).
+ */
+
+/* t = tanh(x) and hp = 1 - tanh(x)^2 = 4e / (1 + e)^2, e = e^(-2|x|), from
+ * one reduction and one division.  |x| <= 0.55 takes tanh()'s split form
+ * t = ((1 - 2^k) - 2^k p) / ((1 + 2^k) + 2^k p), beyond t = 1 - 2e / (1 + e)
+ * (times the reciprocal of the denominator, so half an ulp above tanh()).
+ * hp keeps its relative accuracy for large |x|, where 1 - t^2 rounds to 0,
+ * until e^(-2|x|) becomes subnormal (|x| > 354; 0 past 373).  tanh(+-inf) =
+ * +-1 with hp = 0; NaN gives NaN in both. */
+PFC_VM_INLINE void tanh_sech2(double x, double& t, double& hp) {
+    using namespace detail;
+    const double a = fabs_(x);
+    double k, r, h;
+    expm1_reduced(-2.0 * a, k, r, h);
+    const double p = r + h;
+    /* e = 2^k (1 + p) through 2^(k + 60), normal for every k >= -1076 that
+     * is kept, so that a subnormal e rounds only once. */
+    const double s60 = pow2i(k + 60.0);
+    const double e = select_(a > 373.0, 0.0, (s60 + s60 * p) * 0x1p-60);
+    const bool large = a > 0.55;
+    const double s = s60 * 0x1p-60;   /* 2^k, exact in the branch that uses it (k >= -2) */
+    const double sp = s * p;
+    const double inv = 1.0 / select_(large, 1.0 + e, (1.0 + s) + sp);
+    const double q = select_(large, 2.0 * e, (1.0 - s) - sp) * inv;
+    t = copysign_(select_(large, 1.0 - q, q), x);
+    hp = ((4.0 * e) * inv) * inv;
+}
+
+PFC_VM_INLINE void tanh_sech2(float x, float& t, float& hp) {
+    using namespace detail;
+    const float a = fabs_(x);
+    float k, r, h;
+    expm1_reduced(-2.0f * a, k, r, h);
+    const float p = r + h;
+    const float s30 = pow2i(k + 30.0f);
+    const float e = select_(a > 52.0f, 0.0f, (s30 + s30 * p) * 0x1p-30f);
+    const bool large = a > 0.55f;
+    const float s = s30 * 0x1p-30f;
+    const float sp = s * p;
+    const float inv = 1.0f / select_(large, 1.0f + e, (1.0f + s) + sp);
+    const float q = select_(large, 2.0f * e, (1.0f - s) - sp) * inv;
+    t = copysign_(select_(large, 1.0f - q, q), x);
+    hp = ((4.0f * e) * inv) * inv;
+}
+
+namespace detail {
+
+/* x = 2^k m, m in [sqrt(2)/2, sqrt(2)) (log()'s reduction, subnormals
+ * scaled first).  f = m - 1 is then exact. */
+PFC_VM_INLINE void log_reduce(double x, double& k, double& m) {
+    const bool sub = x < 2.2250738585072014e-308;
+    const double xs = select_(sub, x * 0x1p54, x);
+    const uint64_t ix = bits(xs) + (0x3ff0000000000000ULL - 0x3fe6a09e00000000ULL);
+    k = biased_exponent(ix) - select_(sub, 54.0, 0.0);
+    m = as_double((ix & 0x000fffffffffffffULL) + 0x3fe6a09e00000000ULL);
+}
+PFC_VM_INLINE void log_reduce(float x, float& k, float& m) {
+    const bool sub = x < 1.17549435e-38f;
+    const float xs = select_(sub, x * 0x1p25f, x);
+    const uint32_t ix = bits(xs) + (0x3f800000U - 0x3f3504f3U);
+    k = biased_exponent(ix) - select_(sub, 25.0f, 0.0f);
+    m = as_float((ix & 0x007fffffU) + 0x3f3504f3U);
+}
+
+/* log_reduce() for normal x only. */
+PFC_VM_INLINE void log_reduce_normal(double x, double& k, double& m) {
+    const uint64_t ix = bits(x) + (0x3ff0000000000000ULL - 0x3fe6a09e00000000ULL);
+    k = biased_exponent(ix);
+    m = as_double((ix & 0x000fffffffffffffULL) + 0x3fe6a09e00000000ULL);
+}
+PFC_VM_INLINE void log_reduce_normal(float x, float& k, float& m) {
+    const uint32_t ix = bits(x) + (0x3f800000U - 0x3f3504f3U);
+    k = biased_exponent(ix);
+    m = as_float((ix & 0x007fffffU) + 0x3f3504f3U);
+}
+
+/* log(u) + cu from the reduction u = 2^k (1 + f), s = f / (2 + f) and the
+ * correction cu = c / u, for u in the normal range. */
+PFC_VM_INLINE double log_combine(double k, double f, double s, double cu) {
+    const double hfsq = 0.5 * f * f;
+    return log_kernel_s(s, hfsq) + (k * LOG_LN2_LO_D + cu) - hfsq + f + k * LOG_LN2_HI_D;
+}
+PFC_VM_INLINE float log_combine(float k, float f, float s, float cu) {
+    const float hfsq = 0.5f * f * f;
+    return log_kernel_s(s, hfsq) + (k * LOG_LN2_LO_F + cu) - hfsq + f + k * LOG_LN2_HI_F;
+}
+
+/* c 2^-k: the correction c of u = 2^k m relative to 2^k.  Taken as 0 where
+ * 2^-k would leave the range (|log u| > ~690 resp. ~80, where c / u, at
+ * most an ulp of 1, is far below an ulp of the logarithm). */
+PFC_VM_INLINE double unscale(double c, double k) {
+    const bool ok = fabs_(k) < 1000.0;
+    return select_(ok, c * pow2i(select_(ok, -k, 0.0)), 0.0);
+}
+PFC_VM_INLINE float unscale(float c, float k) {
+    const bool ok = fabs_(k) < 120.0f;
+    return select_(ok, c * pow2i(select_(ok, -k, 0.0f)), 0.0f);
+}
+
+/* log(u) + cu from the reduction u = 2^k (1 + f), s = f / (2 + f) and the
+ * correction cu = c / u; special values of u as in log(). */
+PFC_VM_INLINE double log_assemble(double u, double k, double f, double s, double cu) {
+    double y = log_combine(k, f, s, cu);
+    y = select_(u == INF_D, u, y);
+    y = select_(u == 0.0, -INF_D, y);
+    y = select_(u < 0.0, __builtin_nan(""), y);
+    return select_(u != u, u + u, y);
+}
+PFC_VM_INLINE float log_assemble(float u, float k, float f, float s, float cu) {
+    float y = log_combine(k, f, s, cu);
+    y = select_(u == INF_F, u, y);
+    y = select_(u == 0.0f, -INF_F, y);
+    y = select_(u < 0.0f, __builtin_nanf(""), y);
+    return select_(u != u, u + u, y);
+}
+
+}  // namespace detail
+
+/* log(u + c) for u >= 0 and a correction |c| <= ulp(u) given apart, e.g.
+ * u = fl(1 + q) and c = q - (u - 1), its rounding error, which makes it
+ * log1p(q) -- and, with a select on u and c, one function for log1p(q) and
+ * log(v) in the same lane.  Computed as log(u) + c/u, where s = f / (2 + f)
+ * of the log kernel and c/u = c 2^-k / m come from one reciprocal of
+ * (2 + f) m.  Special values of u as in log() (c is then ignored). */
+template <typename T>
+PFC_VM_INLINE T log_sum(T u, T c) {
+    using namespace detail;
+    T k, m;
+    log_reduce(u, k, m);
+    const T f = m - T(1);
+    const T two_f = T(1) + m;   /* 2 + f */
+    const T rcp = T(1) / (two_f * m);
+    const T s = (f * m) * rcp;
+    const T cu = (unscale(c, k) * two_f) * rcp;
+    return log_assemble(u, k, f, s, cu);
+}
+
+/* The range of u where log_sum_normal() and log_sum2_normal() hold:
+ * [2^-1000, 2^1000) (float: [2^-100, 2^100)), where u (2 + f) and 2^-k are
+ * normal too. */
+PFC_VM_INLINE bool log_sum_in_range(double u) { return (u >= 0x1p-1000) & (u < 0x1p1000); }
+PFC_VM_INLINE bool log_sum_in_range(float u) { return (u >= 0x1p-100f) & (u < 0x1p100f); }
+
+/* log_sum() without the special cases, for u in range (log_sum_in_range);
+ * other u give garbage, to be replaced by the caller.  About 25 vector
+ * operations fewer than log_sum(), for loops where out-of-range arguments
+ * are rare and can be redone apart.  Here s = f / (2 + f) = f u R and
+ * c / u = c (2 + f) R with R = 1 / (u (2 + f)), so no 2^-k is needed (f u
+ * may be subnormal only where f < 2^-22, when s matters only through
+ * terms of order f^3). */
+template <typename T>
+PFC_VM_INLINE T log_sum_normal(T u, T c) {
+    using namespace detail;
+    T k, m;
+    log_reduce_normal(u, k, m);
+    const T f = m - T(1);
+    const T two_f = T(1) + m;   /* 2 + f */
+    const T rcp = T(1) / (two_f * u);
+    return log_combine(k, f, (f * u) * rcp, (c * two_f) * rcp);
+}
+
+/* log(u1 + c1) and log(u2 + c2) as log_sum_normal(), sharing one division. */
+template <typename T>
+PFC_VM_INLINE void log_sum2_normal(T u1, T c1, T u2, T c2, T& l1, T& l2) {
+    using namespace detail;
+    T k1, m1, k2, m2;
+    log_reduce_normal(u1, k1, m1);
+    log_reduce_normal(u2, k2, m2);
+    const T f1 = m1 - T(1), f2 = m2 - T(1);
+    const T tf1 = T(1) + m1, tf2 = T(1) + m2;
+    const T d1 = tf1 * m1, d2 = tf2 * m2;   /* each in [1.2, 3.5) */
+    const T rcp = T(1) / (d1 * d2);
+    const T r1 = d2 * rcp, r2 = d1 * rcp;   /* 1 / d1, 1 / d2 */
+    l1 = log_combine(k1, f1, (f1 * m1) * r1, ((c1 * pow2i(-k1)) * tf1) * r1);
+    l2 = log_combine(k2, f2, (f2 * m2) * r2, ((c2 * pow2i(-k2)) * tf2) * r2);
 }
 
 /* ---------------------------------------------------- CPU feature levels */

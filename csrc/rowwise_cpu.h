@@ -1,36 +1,57 @@
 /*
- * rowwise_cpu.h -- the CPU's vectorised forward pass for runs of row-wise
- * flows (CPU only: it builds on pfc_vmath.h).
+ * rowwise_cpu.h -- the CPU's vectorised forward and backward passes for runs
+ * of row-wise flows (CPU only: it builds on pfc_vmath.h).
  *
  * The row functions of the family headers evaluate one row at a time, with
  * scalar libm transcendentals.  That is the right shape for the GPU (one
- * thread per row) and for the rarely-hot paths, but on the CPU the forward
- * pass of a planar or radial chain is bound by its tanh, exp and log.  Here
- * a block of rows goes through every layer in turn while it stays in L1, and
- * each layer runs in three sweeps over the block:
+ * thread per row) and for the rarely-hot paths, but on the CPU a planar or
+ * radial chain is bound by its tanh, exp, log and divisions.  Here a block
+ * of rows, transposed into L1 (8 x 8 register tiles), goes through every
+ * layer in turn, and each layer runs in sweeps over the block:
  *
  *   1. the per-row reduction (w.z + b for planar, |z - z0|^2 for radial),
  *   2. the transcendentals for all rows of the block in one `omp simd` loop
- *      of pfc::vm functions (branch-free, <= 2 ulp), which the compiler
+ *      of pfc::vm functions (branch-free, a few ulps), which the compiler
  *      turns into AVX2 / AVX-512 code,
- *   3. the row update x += coefficient * vector.
+ *   3. the row update x += coefficient * vector; for a planar layer followed
+ *      by another the same pass also forms the next layer's w.x + b, so the
+ *      block is read once per layer.
+ * Meanwhile the next block's rows are prefetched, a slice per layer.
  *
- * The block kernel is compiled three times (baseline x86-64, AVX2+FMA,
- * AVX-512) and chain_forward_block picks the copy for the running CPU, as
- * the array helpers of pfc_vmath.h do.
+ * The block kernels are compiled three times (baseline x86-64, AVX2+FMA,
+ * AVX-512) and chain_forward_block / chain_backward_block pick the copy for
+ * the running CPU, as the array helpers of pfc_vmath.h do.
  *
  * The formulas are those of planar.h and radial.h, in forms without
- * branches: t = tanh(s), hp = 1 - t^2 = 4e/(1+e)^2 with e = exp(-2|s|)
- * (relative accuracy kept for large |s|), and log D as log1p(hp c) when
- * hp c > -1/2, else log(t^2 + hp sp) (no cancellation near c = -1).  Radial rows
- * whose squared distance under- or overflows take the row function, which
- * rescales.
+ * branches, arranged so that a row-layer costs few vector operations and
+ * divisions (once the sweeps are cheap, the per-row instruction count of
+ * step 2 is what bounds a layer):
+ *   planar: t = tanh(s) and hp = 1 - t^2 from one exponential and one
+ *     division (vm::tanh_sech2, hp keeps its relative accuracy for large
+ *     |s|); log D = log1p(hp c) where hp c > -1/2, else log(t^2 + hp sp),
+ *     both through one vm::log_sum_normal (log(u) + c/u with u = fl(1 + q)
+ *     and c its rounding error is log1p(q)), one more division.
+ *   radial: log g and log g2 (each log1p(beta h) resp. log1p(beta h v) near
+ *     1, as radial_eval) share the division of vm::log_sum2_normal.
+ * Rows the branch-free forms do not cover are flagged in the simd loop and
+ * redone by the row functions afterwards: a log argument outside
+ * log_sum_normal's range (degenerate parameters, NaN rows) and, radial,
+ * a squared distance that under- or overflows (the row functions rescale).
+ * The backward recomputes the forward without log-determinants, which it
+ * does not need, keeping t and hp of the planar layers for their VJPs.
  */
 #ifndef PFC_ROWWISE_CPU_H
 #define PFC_ROWWISE_CPU_H
 
 #include "pfc_vmath.h"
 #include "rowwise.h"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define PFC_SIMD_REDUCE(...) _Pragma(PFC_STRINGIFY_(omp simd reduction(__VA_ARGS__)))
+#define PFC_STRINGIFY_(x) #x
+#else
+#define PFC_SIMD_REDUCE(...)
+#endif
 
 namespace pfc {
 namespace cpu {
@@ -43,7 +64,7 @@ enum { BLOCK_ROWS = 128, LANES = 16 };
 
 /* Inside a block the rows are stored transposed, xt[i * BLOCK_ROWS + r] =
  * x[r, i], so that every sweep runs along contiguous rows. */
-#define PFC_XT(i, r) xt[(index_t)(i) * BLOCK_ROWS + (r)]
+#define PFC_XT(xt, i, r) (xt)[(index_t)(i) * BLOCK_ROWS + (r)]
 
 /* s[r] = b + sum_i w[i] xt[i, r], LANES rows at a time with the partial sums
  * held in registers. */
@@ -55,113 +76,356 @@ PFC_VM_INLINE void block_dot(const T* w, T b, int dim, const T* xt, T* s) {
         for (int i = 0; i < dim; ++i) {
             const T wi = w[i];
             PFC_VM_PRAGMA_SIMD
-            for (int l = 0; l < LANES; ++l) acc[l] += wi * PFC_XT(i, r0 + l);
+            for (int l = 0; l < LANES; ++l) acc[l] += wi * PFC_XT(xt, i, r0 + l);
         }
         for (int l = 0; l < LANES; ++l) s[r0 + l] = acc[l];
     }
 }
 
+/* -- transposes -------------------------------------------------------------
+ *
+ * Rows enter and leave a block through 8 x 8 tiles transposed in registers
+ * (GCC/clang vector extensions: vpermt2pd / vshufpd and the like on AVX-512,
+ * their narrower forms elsewhere), instead of one scalar load and store per
+ * element with a 1 KiB stride.  Columns beyond the last multiple of 8 and a
+ * short last block's rows go one element at a time. */
+
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(PFC_NO_TILE8)
+#define PFC_TILE8 1
+
 template <typename T>
-PFC_VM_INLINE void planar_forward_block(const T* work, int dim, T* xt, T* log_det, T* s) {
-    const T* uhat = work;
-    const T* w = work + dim;
-    const T b = work[2 * dim], c = work[2 * dim + 1], sp = work[2 * dim + 2];
-    block_dot(w, b, dim, xt, s);
-    PFC_VM_PRAGMA_SIMD
-    for (int r = 0; r < BLOCK_ROWS; ++r) {
-        const T sr = s[r];
-        const T tr = vm::tanh(sr);
-        const T e = vm::exp(T(-2) * vm::detail::fabs_(sr));
-        const T inv = T(1) / (T(1) + e);
-        const T hp = T(4) * e * inv * inv;
-        const T q = hp * c;
-        /* Both forms, then a select: log1p keeps log D's relative accuracy
-         * far into the tails (D -> 1), the sum of squares near D -> 0. */
-        const T near_one = vm::log1p(q), near_zero = vm::log(tr * tr + hp * sp);
-        log_det[r] += vm::detail::select_(q > T(-0.5), near_one, near_zero);
-        s[r] = tr;
+struct vec8 {
+    typedef T type __attribute__((vector_size(8 * sizeof(T))));
+};
+
+/* v[j] = row j of an 8 x 8 tile -> v[j] = column j. */
+template <typename V>
+PFC_VM_INLINE void transpose8(V* v) {
+    V a[8], b[8];
+    for (int j = 0; j < 8; j += 2) {
+        a[j] = __builtin_shufflevector(v[j], v[j + 1], 0, 8, 2, 10, 4, 12, 6, 14);
+        a[j + 1] = __builtin_shufflevector(v[j], v[j + 1], 1, 9, 3, 11, 5, 13, 7, 15);
     }
-    for (int i = 0; i < dim; ++i) {
-        const T ui = uhat[i];
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < BLOCK_ROWS; ++r) PFC_XT(i, r) += ui * s[r];
+    for (int j = 0; j < 8; j += 4) {
+        for (int h = 0; h < 2; ++h) {
+            b[j + h] = __builtin_shufflevector(a[j + h], a[j + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+            b[j + h + 2] = __builtin_shufflevector(a[j + h], a[j + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+    }
+    for (int j = 0; j < 4; ++j) {
+        v[j] = __builtin_shufflevector(b[j], b[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        v[j + 4] = __builtin_shufflevector(b[j], b[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+}
+#else
+#define PFC_TILE8 0
+#endif
+
+/* xt[i, r] = z[r, i] for rows r < nrows of the row-major z, 0 beyond. */
+template <typename T>
+PFC_VM_INLINE void load_block(const T* z, int dim, index_t nrows, T* xt) {
+    index_t r0 = 0;
+    int c8 = 0;
+#if PFC_TILE8
+    typedef typename vec8<T>::type V;
+    c8 = dim & ~7;
+    for (; r0 + 8 <= nrows; r0 += 8) {
+        for (int c0 = 0; c0 < c8; c0 += 8) {
+            V v[8];
+            for (int j = 0; j < 8; ++j) memcpy(&v[j], z + (r0 + j) * dim + c0, sizeof(V));
+            transpose8(v);
+            for (int j = 0; j < 8; ++j) memcpy(&PFC_XT(xt, c0 + j, r0), &v[j], sizeof(V));
+        }
+        for (int i = c8; i < dim; ++i) {
+            for (int j = 0; j < 8; ++j) PFC_XT(xt, i, r0 + j) = z[(r0 + j) * dim + i];
+        }
+    }
+#endif
+    (void)c8;
+    for (index_t r = r0; r < nrows; ++r) {
+        for (int i = 0; i < dim; ++i) PFC_XT(xt, i, r) = z[r * dim + i];
+    }
+    for (index_t r = nrows; r < BLOCK_ROWS; ++r) {
+        for (int i = 0; i < dim; ++i) PFC_XT(xt, i, r) = T(0);
     }
 }
 
+/* x[r, i] = xt[i, r] for rows r < nrows. */
 template <typename T>
-PFC_VM_INLINE void radial_forward_block(const T* work, int dim, T* xt, T* log_det, T* scratch) {
-    const T alpha = work[0], s = work[1];
+PFC_VM_INLINE void store_block(const T* xt, int dim, index_t nrows, T* x) {
+    index_t r0 = 0;
+    int c8 = 0;
+#if PFC_TILE8
+    typedef typename vec8<T>::type V;
+    c8 = dim & ~7;
+    for (; r0 + 8 <= nrows; r0 += 8) {
+        for (int c0 = 0; c0 < c8; c0 += 8) {
+            V v[8];
+            for (int j = 0; j < 8; ++j) memcpy(&v[j], &PFC_XT(xt, c0 + j, r0), sizeof(V));
+            transpose8(v);
+            for (int j = 0; j < 8; ++j) memcpy(x + (r0 + j) * dim + c0, &v[j], sizeof(V));
+        }
+        for (int i = c8; i < dim; ++i) {
+            for (int j = 0; j < 8; ++j) x[(r0 + j) * dim + i] = PFC_XT(xt, i, r0 + j);
+        }
+    }
+#endif
+    (void)c8;
+    for (index_t r = r0; r < nrows; ++r) {
+        for (int i = 0; i < dim; ++i) x[r * dim + i] = PFC_XT(xt, i, r);
+    }
+}
+
+/* Part k of `parts` of a prefetch of the next block's rows: the block after
+ * the one at p (BLOCK_ROWS rows of `width` values), for reading (RW = 0) or
+ * writing (RW = 1).  A block takes tens of microseconds, long after the
+ * hardware prefetchers have given up on a stream, so without this every
+ * block would start with a few hundred cache misses.  The addresses are
+ * formed as integers and only prefetched, never dereferenced: past the end
+ * of an array they are harmless (prefetches do not fault). */
+template <int RW, typename T>
+PFC_VM_INLINE void prefetch_next(const T* p, int width, int k, int parts) {
+#if defined(__GNUC__) || defined(__clang__)
+    const uintptr_t bytes = (uintptr_t)BLOCK_ROWS * width * sizeof(T);
+    const uintptr_t next = (uintptr_t)p + bytes;
+    const uintptr_t lo = (bytes * k / parts) & ~(uintptr_t)63, hi = bytes * (k + 1) / parts;
+    for (uintptr_t b = lo; b < hi; b += 64) __builtin_prefetch((const void*)(next + b), RW, 3);
+#else
+    (void)p; (void)width; (void)k; (void)parts;
+#endif
+}
+
+/* Thresholds of the squared distance outside which a radial row is redone
+ * by the row function (points within ~1e-146 of z0 or beyond ~1e146). */
+template <typename T>
+PFC_VM_INLINE T radial_tiny() { return T(1) / (limits<T>::max() * limits<T>::eps()); }
+template <typename T>
+PFC_VM_INLINE T radial_huge() { return limits<T>::max() * limits<T>::eps(); }
+
+/* -- forward ---------------------------------------------------------------
+ *
+ * Each kernel maps the block zt to xt (xt may equal zt) and, when LD, adds
+ * the layers' log-determinants to log_det. */
+
+/* Planar layers run as: s = w.z + b for the block (block_dot, or fused
+ * into the previous planar layer's update), the per-row transcendentals,
+ * then the update x = z + uhat t, fused with the next planar layer's
+ * w.x + b when there is one, so that the block is read once per layer. */
+
+/* t = tanh(s), hp = 1 - t^2 for every row (s may be t). */
+template <typename T>
+PFC_VM_INLINE void planar_act_block(const T* s, T* t, T* hp) {
+    PFC_VM_PRAGMA_SIMD
+    for (int r = 0; r < BLOCK_ROWS; ++r) {
+        T tr, hr;
+        vm::tanh_sech2(s[r], tr, hr);
+        t[r] = tr;
+        hp[r] = hr;
+    }
+}
+
+/* t = tanh(s) and log_det += log D for every row.  Rows whose log argument
+ * is out of vm::log_sum_normal's range (D or 1 + hp c subnormal, huge, inf
+ * or NaN: degenerate parameters or a NaN row) are flagged and redone by
+ * the row functions. */
+template <typename T>
+PFC_VM_INLINE void planar_act_logdet_block(const T* work, int dim, const T* s, T* t, T* log_det,
+                                           T* flag) {
+    const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
+    int nout = 0;
+    PFC_SIMD_REDUCE(+ : nout)
+    for (int r = 0; r < BLOCK_ROWS; ++r) {
+        T tr, hp;
+        vm::tanh_sech2(s[r], tr, hp);
+        /* log1p(q) while q > -1/2 (relative accuracy far into the tails,
+         * D -> 1), log of the sum of squares below (D -> 0 without
+         * cancellation): one log_sum of the selected pair. */
+        const T q = hp * c;
+        const bool near_one = q > T(-0.5);
+        const T u1 = T(1) + q;
+        const T u = vm::detail::select_(near_one, u1, tr * tr + hp * sp);
+        const T cu = vm::detail::select_(near_one, q - (u1 - T(1)), T(0));
+        const bool ok = vm::log_sum_in_range(u);
+        log_det[r] += vm::detail::select_(ok, vm::log_sum_normal(u, cu), T(0));
+        flag[r] = vm::detail::select_(ok, T(0), T(1));
+        nout += !ok;
+        t[r] = tr;
+    }
+    if (nout != 0) {
+        for (int r = 0; r < BLOCK_ROWS; ++r) {
+            if (flag[r] == T(0)) continue;
+            T tr, hp;
+            planar_act(s[r], tr, hp);
+            log_det[r] += planar_log_d(tr, hp, c, sp);
+        }
+    }
+}
+
+/* xt = zt + uhat t^T (xt may be zt). */
+template <typename T>
+PFC_VM_INLINE void planar_update_block(const T* uhat, int dim, const T* zt, T* xt, const T* t) {
+    for (int i = 0; i < dim; ++i) {
+        const T ui = uhat[i];
+        const T* zi = zt + (index_t)i * BLOCK_ROWS;
+        T* xi = xt + (index_t)i * BLOCK_ROWS;
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < BLOCK_ROWS; ++r) xi[r] = zi[r] + ui * t[r];
+    }
+}
+
+/* xt = zt + uhat t^T and s = w.xt + b (the next layer's), LANES rows at a
+ * time with t and the partial sums in registers. */
+template <typename T>
+PFC_VM_INLINE void planar_update_dot_block(const T* uhat, int dim, const T* zt, T* xt,
+                                           const T* t, const T* w, T b, T* s) {
+    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+        T tl[LANES], acc[LANES];
+        for (int l = 0; l < LANES; ++l) {
+            tl[l] = t[r0 + l];
+            acc[l] = b;
+        }
+        for (int i = 0; i < dim; ++i) {
+            const T ui = uhat[i], wi = w[i];
+            const T* zi = zt + (index_t)i * BLOCK_ROWS + r0;
+            T* xi = xt + (index_t)i * BLOCK_ROWS + r0;
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const T xv = zi[l] + ui * tl[l];
+                xi[l] = xv;
+                acc[l] += wi * xv;
+            }
+        }
+        for (int l = 0; l < LANES; ++l) s[r0 + l] = acc[l];
+    }
+}
+
+/* The update of planar layer `work`, fused with the next layer's w.x + b
+ * into s when that layer (next_kind, next_work) is planar; returns whether
+ * it was. */
+template <typename T>
+PFC_VM_INLINE bool planar_update_next(const T* work, int dim, const T* zt, T* xt, const T* t,
+                                      int next_kind, const T* next_work, T* s) {
+    if (next_kind == KIND_PLANAR) {
+        planar_update_dot_block(work, dim, zt, xt, t, next_work + dim, next_work[2 * dim], s);
+        return true;
+    }
+    planar_update_block(work, dim, zt, xt, t);
+    return false;
+}
+
+/* Radial: per row the factor g (and with LD the log-determinant, added to
+ * log_det), then x = z0 + g (z - z0).  Rows whose squared distance under-
+ * or overflows, or whose log arguments leave vm::log_sum_normal's range
+ * (degenerate parameters, NaN rows), are left to the row function, after
+ * the sweep. */
+template <bool LD, typename T>
+PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* xt, T* log_det,
+                                        T* scratch) {
+    const T alpha = work[0], s = work[1], beta = work[2];
     const T* z0 = work + 3;
     T* dist2 = scratch;
     T* g = scratch + BLOCK_ROWS;
-    T* row = scratch + 2 * BLOCK_ROWS;
+    T* ldk = scratch + 2 * BLOCK_ROWS;
+    T* row = scratch + 3 * BLOCK_ROWS;
     for (int r = 0; r < BLOCK_ROWS; ++r) dist2[r] = T(0);
     for (int i = 0; i < dim; ++i) {
         const T z0i = z0[i];
+        const T* zi = zt + (index_t)i * BLOCK_ROWS;
         PFC_VM_PRAGMA_SIMD
         for (int r = 0; r < BLOCK_ROWS; ++r) {
-            const T di = PFC_XT(i, r) - z0i;
+            const T di = zi[r] - z0i;
             dist2[r] += di * di;
         }
     }
+    const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
     const T dim_minus_1 = T(dim - 1);
-    PFC_VM_PRAGMA_SIMD
+    const bool multi = dim > 1;
+    int nbad = 0;
+    PFC_SIMD_REDUCE(+ : nbad)
     for (int r = 0; r < BLOCK_ROWS; ++r) {
-        const T rr = pfc::sqrt(dist2[r]);
+        const T ss = dist2[r];
+        const T rr = pfc::sqrt(ss);
         const T inv = T(1) / (alpha + rr);
         const T u = rr * inv, v = alpha * inv;
         const T gr = s * inv + u;                   /* 1 + beta h */
-        const T g2 = u * (T(1) + v) + s * inv * v;  /* 1 + beta h + beta h' r */
-        log_det[r] += dim_minus_1 * vm::log(gr) + vm::log(g2);
+        bool bad = (ss < tiny) | (ss > huge);
+        if (LD) {
+            const T g2 = u * (T(1) + v) + s * inv * v;  /* 1 + beta h + beta h' r */
+            const T q = beta * inv, q2 = q * v;         /* g - 1, g2 - 1 */
+            const bool n1 = q > T(-0.5), n2 = q2 > T(-0.5);
+            const T u1 = T(1) + q, u2 = T(1) + q2;
+            const T a1 = vm::detail::select_(n1, u1, gr), a2 = vm::detail::select_(n2, u2, g2);
+            T l1, l2;
+            vm::log_sum2_normal(a1, vm::detail::select_(n1, q - (u1 - T(1)), T(0)),
+                                a2, vm::detail::select_(n2, q2 - (u2 - T(1)), T(0)), l1, l2);
+            ldk[r] = vm::detail::select_(multi, dim_minus_1 * l1, T(0)) + l2;
+            bad = bad | !(vm::log_sum_in_range(a1) & vm::log_sum_in_range(a2));
+        }
         g[r] = gr;
+        nbad += bad;
+        dist2[r] = vm::detail::select_(bad, T(1), T(0));
     }
-    /* Rows whose squared distance under- or overflows (points within ~1e-150
-     * of z0 or beyond ~1e150) are redone by the row function, which rescales. */
-    const T tiny = T(1) / (limits<T>::max() * limits<T>::eps());
-    const T huge = limits<T>::max() * limits<T>::eps();
-    for (int r = 0; r < BLOCK_ROWS; ++r) {
-        const T ss = dist2[r];
-        if (ss < tiny || ss > huge) {
-            const T rr = pfc::sqrt(ss);
-            const T inv = T(1) / (alpha + rr);
-            const T u = rr * inv, v = alpha * inv;
-            log_det[r] -= dim_minus_1 * pfc::log(s * inv + u) + pfc::log(u * (T(1) + v) + s * inv * v);
-            for (int i = 0; i < dim; ++i) row[i] = PFC_XT(i, r);
-            log_det[r] += radial_forward_row(work, dim, row, row);
-            for (int i = 0; i < dim; ++i) PFC_XT(i, r) = row[i];
-            g[r] = T(1);  /* the update below then leaves the row as it is */
+    if (nbad == 0) {
+        for (int i = 0; i < dim; ++i) {
+            const T z0i = z0[i];
+            const T* zi = zt + (index_t)i * BLOCK_ROWS;
+            T* xi = xt + (index_t)i * BLOCK_ROWS;
+            PFC_VM_PRAGMA_SIMD
+            for (int r = 0; r < BLOCK_ROWS; ++r) xi[r] = z0i + g[r] * (zi[r] - z0i);
+        }
+    } else {
+        /* The flagged rows keep their input through the sweep (xt may be
+         * zt), then take the row function. */
+        for (int i = 0; i < dim; ++i) {
+            const T z0i = z0[i];
+            const T* zi = zt + (index_t)i * BLOCK_ROWS;
+            T* xi = xt + (index_t)i * BLOCK_ROWS;
+            PFC_VM_PRAGMA_SIMD
+            for (int r = 0; r < BLOCK_ROWS; ++r) {
+                xi[r] = vm::detail::select_(dist2[r] != T(0), zi[r], z0i + g[r] * (zi[r] - z0i));
+            }
+        }
+        for (int r = 0; r < BLOCK_ROWS; ++r) {
+            if (dist2[r] == T(0)) continue;
+            for (int i = 0; i < dim; ++i) row[i] = PFC_XT(xt, i, r);
+            ldk[r] = radial_forward_row(work, dim, row, row);
+            for (int i = 0; i < dim; ++i) PFC_XT(xt, i, r) = row[i];
         }
     }
-    for (int i = 0; i < dim; ++i) {
-        const T z0i = z0[i];
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < BLOCK_ROWS; ++r) PFC_XT(i, r) = z0i + g[r] * (PFC_XT(i, r) - z0i);
+    if (LD) {
+        for (int r = 0; r < BLOCK_ROWS; ++r) log_det[r] += ldk[r];
     }
 }
 
 template <typename T>
-PFC_VM_INLINE void scale_forward_block(const T* work, int dim, T* xt, T* log_det) {
+PFC_VM_INLINE void scale_forward_block(const T* work, int dim, const T* zt, T* xt, T* log_det) {
     for (int i = 0; i < dim; ++i) {
         const T ai = work[i];
+        const T* zi = zt + (index_t)i * BLOCK_ROWS;
+        T* xi = xt + (index_t)i * BLOCK_ROWS;
         PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < BLOCK_ROWS; ++r) PFC_XT(i, r) *= ai;
+        for (int r = 0; r < BLOCK_ROWS; ++r) xi[r] = zi[r] * ai;
     }
-    for (int r = 0; r < BLOCK_ROWS; ++r) log_det[r] += work[dim];
+    if (log_det) {
+        for (int r = 0; r < BLOCK_ROWS; ++r) log_det[r] += work[dim];
+    }
 }
 
 template <typename T>
-PFC_VM_INLINE void shift_forward_block(const T* work, int dim, T* xt) {
+PFC_VM_INLINE void shift_forward_block(const T* work, int dim, const T* zt, T* xt) {
     for (int i = 0; i < dim; ++i) {
         const T bi = work[i];
+        const T* zi = zt + (index_t)i * BLOCK_ROWS;
+        T* xi = xt + (index_t)i * BLOCK_ROWS;
         PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < BLOCK_ROWS; ++r) PFC_XT(i, r) += bi;
+        for (int r = 0; r < BLOCK_ROWS; ++r) xi[r] = zi[r] + bi;
     }
 }
 
 /* Scratch values one block needs: the transposed rows, the block's log_det,
- * two per-row values and one row. */
+ * three per-row values and one row. */
 PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
-    return (dim + 3) * BLOCK_ROWS + dim;
+    return (dim + 5) * BLOCK_ROWS + dim;
 }
 
 /* One block of rows through layers [0, K): x = f(z) for rows [0, nrows) of
@@ -174,75 +438,74 @@ PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
     T* xt = scratch;
     T* ld = scratch + (index_t)dim * BLOCK_ROWS;
     T* rest = ld + BLOCK_ROWS;
-    for (index_t r = 0; r < nrows; ++r) {
-        for (int i = 0; i < dim; ++i) PFC_XT(i, r) = z[r * dim + i];
-    }
-    for (index_t r = nrows; r < BLOCK_ROWS; ++r) {
-        for (int i = 0; i < dim; ++i) PFC_XT(i, r) = T(0);
-    }
+    load_block(z, dim, nrows, xt);
     for (int r = 0; r < BLOCK_ROWS; ++r) ld[r] = T(0);
+    T* s = rest;
+    T* t = rest + BLOCK_ROWS;
+    bool have_s = false;   /* s holds this layer's w.z + b */
     for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
+        prefetch_next<0>(z, dim, k, K);
+        prefetch_next<1>(x, dim, k, K);
         switch (kinds[k]) {
-            case KIND_PLANAR: planar_forward_block(wk, dim, xt, ld, rest); break;
-            case KIND_RADIAL: radial_forward_block(wk, dim, xt, ld, rest); break;
-            case KIND_SCALE: scale_forward_block(wk, dim, xt, ld); break;
-            default: shift_forward_block(wk, dim, xt);
+            case KIND_PLANAR:
+                if (!have_s) block_dot(wk + dim, wk[2 * dim], dim, xt, s);
+                planar_act_logdet_block(wk, dim, s, t, ld, t + BLOCK_ROWS);
+                have_s = planar_update_next(wk, dim, xt, xt, t, k + 1 < K ? kinds[k + 1] : -1,
+                                            work + work_offsets[k + 1], s);
+                break;
+            case KIND_RADIAL: radial_forward_block<true>(wk, dim, xt, xt, ld, rest); break;
+            case KIND_SCALE: scale_forward_block(wk, dim, xt, xt, ld); break;
+            default: shift_forward_block(wk, dim, xt, xt);
         }
+        if (kinds[k] != KIND_PLANAR) have_s = false;
     }
-    for (index_t r = 0; r < nrows; ++r) {
-        for (int i = 0; i < dim; ++i) x[r * dim + i] = PFC_XT(i, r);
-        log_det[r] = ld[r];
-    }
+    store_block(xt, dim, nrows, x);
+    for (index_t r = 0; r < nrows; ++r) log_det[r] = ld[r];
 }
 
 /* -- backward ---------------------------------------------------------------
  *
  * The VJP of a block through layers K-1 .. 0.  The forward is recomputed
- * block by block, keeping every layer's (transposed) input; the gradient
- * block gt then runs back through the layers.  Planar layers are vectorised
- * like their forward (the one transcendental pair per row in simd lanes, the
- * parameter sums as contiguous reductions); the other kinds have no
- * transcendental in their VJP and take the row functions.  Padding rows have
- * zero cotangents and so add nothing to the sums. */
+ * block by block without log-determinants, keeping every layer's
+ * (transposed) input and, for planar layers, t and hp; the gradient block gt
+ * then runs back through the layers.  Planar and radial layers are
+ * vectorised like their forward (the per-row scalars in simd lanes, the
+ * parameter sums as contiguous reductions); scale and shift take the row
+ * functions.  Padding rows have zero cotangents and so add nothing to the
+ * sums. */
 
+/* L = g_x.x + g_ld log D (planar.h):
+ *   dL/ds = hp (g_x.uhat - 2 g_ld c t / D),  dL/dc = g_ld hp / D,
+ *   grad_z = g_x + dL/ds w,  dL/duhat = t g_x + dL/dc w,
+ *   dL/dw = dL/ds z + dL/dc uhat,  dL/db = dL/ds. */
 template <typename T>
-PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T* xt_grad,
-                                         const T* gld, T* acc, T* scratch) {
+PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T* gt,
+                                         const T* gld, const T* t, const T* hp, T* acc,
+                                         T* scratch) {
     const T* uhat = work;
     const T* w = work + dim;
-    const T b = work[2 * dim], c = work[2 * dim + 1], sp = work[2 * dim + 2];
-    T* t = scratch;
-    T* ds = scratch + BLOCK_ROWS;
-    T* gc = scratch + 2 * BLOCK_ROWS;
-    block_dot(w, b, dim, zt, t);                 /* s = w.z + b */
-    block_dot(uhat, T(0), dim, xt_grad, ds);     /* g.uhat, for now */
+    const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
+    T* ds = scratch;
+    block_dot(uhat, T(0), dim, gt, ds);     /* g.uhat, for now */
     T sum_gc = T(0), sum_ds = T(0);
-    PFC_VM_PRAGMA_SIMD
+    PFC_SIMD_REDUCE(+ : sum_gc, sum_ds)
     for (int r = 0; r < BLOCK_ROWS; ++r) {
-        const T sr = t[r];
-        const T tr = vm::tanh(sr);
-        const T e = vm::exp(T(-2) * vm::detail::fabs_(sr));
-        const T inv = T(1) / (T(1) + e);
-        const T hp = T(4) * e * inv * inv;
-        const T g_c = gld[r] * hp / (tr * tr + hp * sp);    /* dL/dc */
-        const T d_s = hp * ds[r] - T(2) * g_c * c * tr;      /* dL/ds */
-        t[r] = tr;
+        const T tr = t[r], hr = hp[r];
+        const T g_c = gld[r] * hr / (tr * tr + hr * sp);     /* dL/dc */
+        const T d_s = hr * ds[r] - T(2) * g_c * c * tr;      /* dL/ds */
         ds[r] = d_s;
-        gc[r] = g_c;
-    }
-    for (int r = 0; r < BLOCK_ROWS; ++r) {
-        sum_gc += gc[r];
-        sum_ds += ds[r];
+        sum_gc += g_c;
+        sum_ds += d_s;
     }
     T* acc_u = acc;
     T* acc_w = acc + dim;
     for (int i = 0; i < dim; ++i) {
-        T* gi = xt_grad + (index_t)i * BLOCK_ROWS;
+        T* gi = gt + (index_t)i * BLOCK_ROWS;
         const T* zi = zt + (index_t)i * BLOCK_ROWS;
         const T wi = w[i];
         T au = T(0), aw = T(0);
-        PFC_VM_PRAGMA_SIMD
+        PFC_SIMD_REDUCE(+ : au, aw)
         for (int r = 0; r < BLOCK_ROWS; ++r) {
             au += t[r] * gi[r];
             aw += ds[r] * zi[r];
@@ -254,9 +517,106 @@ PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T*
     acc[2 * dim] += sum_ds;
 }
 
-/* Scratch values the backward of one block needs. */
+/* radial_backward_row for the block, with P = g_x.(z - z0):
+ *   grad_z = g g_x + (c / r) (z - z0),
+ *     c = -beta h [P h + gld ((dim-1)/(s+r) + 2 alpha h^2 / g2)]
+ *   dL/dalpha = -g h P + gld [(2 r + s) h^2 / g2 - (dim+1) h]
+ *   dL/ds = h P + gld [(dim-1)/(s+r) + alpha h^2 / g2],  dL/dz0 = g_x - grad_z.
+ * Rows whose squared distance under- or overflows contribute nothing here
+ * and take the row function afterwards (real rows only: the padding rows'
+ * contributions are 0). */
+template <typename T>
+PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T* gt,
+                                         const T* gld, index_t nrows, T* acc, T* scratch) {
+    const T alpha = work[0], s = work[1], beta = work[2];
+    const T* z0 = work + 3;
+    T* dist2 = scratch;
+    T* pg = scratch + BLOCK_ROWS;            /* P, then g */
+    T* cr = scratch + 2 * BLOCK_ROWS;
+    T* row = scratch + 3 * BLOCK_ROWS;       /* 2 * dim */
+    for (int r = 0; r < BLOCK_ROWS; ++r) dist2[r] = pg[r] = T(0);
+    for (int i = 0; i < dim; ++i) {
+        const T z0i = z0[i];
+        const T* zi = zt + (index_t)i * BLOCK_ROWS;
+        const T* gi = gt + (index_t)i * BLOCK_ROWS;
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < BLOCK_ROWS; ++r) {
+            const T di = zi[r] - z0i;
+            dist2[r] += di * di;
+            pg[r] += gi[r] * di;
+        }
+    }
+    const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
+    const T dim_minus_1 = T(dim - 1), dim_plus_1 = T(dim + 1);
+    T sum_a = T(0), sum_s = T(0);
+    int nbad = 0;
+    PFC_SIMD_REDUCE(+ : sum_a, sum_s, nbad)
+    for (int r = 0; r < BLOCK_ROWS; ++r) {
+        const T ss = dist2[r], P = pg[r], gl = gld[r];
+        const T rr = pfc::sqrt(ss);
+        const T inv = T(1) / (alpha + rr);
+        const T u = rr * inv, v = alpha * inv;
+        const T g = s * inv + u;
+        const T ig2 = T(1) / (u * (T(1) + v) + s * inv * v);
+        const T w1 = dim_minus_1 / (s + rr);
+        const T vh_g2 = v * inv * ig2;                       /* alpha h^2 / g2 */
+        const T c = -beta * inv * (P * inv + gl * (w1 + T(2) * vh_g2));
+        const T d_alpha = -g * inv * P + gl * ((T(2) * u + s * inv) * inv * ig2 - dim_plus_1 * inv);
+        const T d_s = inv * P + gl * (w1 + vh_g2);
+        const bool bad = (ss < tiny) | (ss > huge);
+        sum_a += vm::detail::select_(bad, T(0), d_alpha);
+        sum_s += vm::detail::select_(bad, T(0), d_s);
+        nbad += bad;
+        pg[r] = g;
+        cr[r] = c / rr;
+        dist2[r] = vm::detail::select_(bad, T(1), T(0));
+    }
+    acc[0] += sum_a;
+    acc[1] += sum_s;
+    for (int i = 0; i < dim; ++i) {
+        const T z0i = z0[i];
+        const T* zi = zt + (index_t)i * BLOCK_ROWS;
+        T* gi = gt + (index_t)i * BLOCK_ROWS;
+        T a = T(0);
+        if (nbad == 0) {
+            PFC_SIMD_REDUCE(+ : a)
+            for (int r = 0; r < BLOCK_ROWS; ++r) {
+                const T gx = gi[r];
+                const T gz = pg[r] * gx + cr[r] * (zi[r] - z0i);
+                a += gx - gz;
+                gi[r] = gz;
+            }
+        } else {
+            PFC_SIMD_REDUCE(+ : a)
+            for (int r = 0; r < BLOCK_ROWS; ++r) {
+                const T gx = gi[r];
+                const T gz = vm::detail::select_(dist2[r] != T(0), gx,
+                                                 pg[r] * gx + cr[r] * (zi[r] - z0i));
+                a += gx - gz;
+                gi[r] = gz;
+            }
+        }
+        acc[2 + i] += a;
+    }
+    if (nbad != 0) {
+        T* zr = row;
+        T* gr = row + dim;
+        for (index_t r = 0; r < nrows; ++r) {
+            if (dist2[r] == T(0)) continue;
+            for (int i = 0; i < dim; ++i) {
+                zr[i] = PFC_XT(zt, i, r);
+                gr[i] = PFC_XT(gt, i, r);
+            }
+            radial_backward_row(work, dim, zr, gr, gld[r], gr, acc);
+            for (int i = 0; i < dim; ++i) PFC_XT(gt, i, r) = gr[i];
+        }
+    }
+}
+
+/* Scratch values the backward of one block needs: K layer inputs, the
+ * gradient block, t and hp of K layers, and per-row and per-row scratch. */
 PFC_HOSTDEVICE PFC_INLINE long long chain_backward_scratch_size(int K, int dim) {
-    return ((long long)K + 1) * dim * BLOCK_ROWS + 5LL * BLOCK_ROWS + 3LL * dim;
+    return ((long long)K + 1) * dim * BLOCK_ROWS + (2LL * K + 5) * BLOCK_ROWS + 3LL * dim;
 }
 
 /* Rows [0, nrows) (nrows <= BLOCK_ROWS) of z, grad_x, grad_log_det: writes
@@ -271,52 +631,63 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                                              T* scratch) {
     const index_t stride = (index_t)dim * BLOCK_ROWS;
     T* stack = scratch;                      /* K transposed layer inputs */
-    T* xt = stack + K * stride;              /* the gradient block */
-    T* gld = xt + stride;
-    T* tmp = gld + BLOCK_ROWS;               /* 3 * BLOCK_ROWS */
-    T* ld = tmp + 3 * BLOCK_ROWS;            /* unused log-determinants */
-    T* row = ld + BLOCK_ROWS;                /* 3 * dim */
-    for (index_t r = 0; r < BLOCK_ROWS; ++r) {
-        const bool real = r < nrows;
-        for (int i = 0; i < dim; ++i) {
-            stack[(index_t)i * BLOCK_ROWS + r] = real ? z[r * dim + i] : T(0);
-            xt[(index_t)i * BLOCK_ROWS + r] = real ? grad_x[r * dim + i] : T(0);
-        }
-        gld[r] = real ? grad_log_det[r] : T(0);
-    }
-    for (int k = 0; k + 1 < K; ++k) {
-        T* next = stack + (k + 1) * stride;
-        for (index_t j = 0; j < stride; ++j) next[j] = stack[k * stride + j];
+    T* gt = stack + K * stride;              /* the gradient block */
+    T* act = gt + stride;                    /* t and hp of each planar layer */
+    T* gld = act + 2 * (index_t)K * BLOCK_ROWS;
+    T* tmp = gld + BLOCK_ROWS;               /* 4 * BLOCK_ROWS + 3 * dim */
+    load_block(z, dim, nrows, stack);
+    load_block(grad_x, dim, nrows, gt);
+    for (index_t r = 0; r < BLOCK_ROWS; ++r) gld[r] = r < nrows ? grad_log_det[r] : T(0);
+    bool have_s = false;   /* act[k] holds layer k's w.z + b */
+    for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
+        T* in = stack + k * stride;
+        T* t = act + 2 * (index_t)k * BLOCK_ROWS;
+        if (kinds[k] == KIND_PLANAR) {
+            if (!have_s) block_dot(wk + dim, wk[2 * dim], dim, in, t);
+            planar_act_block(t, t, t + BLOCK_ROWS);
+        }
+        have_s = false;
+        if (k + 1 == K) break;
+        T* out = in + stride;
         switch (kinds[k]) {
-            case KIND_PLANAR: planar_forward_block(wk, dim, next, ld, tmp); break;
-            case KIND_RADIAL: radial_forward_block(wk, dim, next, ld, tmp); break;
-            case KIND_SCALE: scale_forward_block(wk, dim, next, ld); break;
-            default: shift_forward_block(wk, dim, next);
+            case KIND_PLANAR:
+                have_s = planar_update_next(wk, dim, in, out, t, kinds[k + 1],
+                                            work + work_offsets[k + 1], t + 2 * BLOCK_ROWS);
+                break;
+            case KIND_RADIAL: radial_forward_block<false>(wk, dim, in, out, (T*)0, tmp); break;
+            case KIND_SCALE: scale_forward_block(wk, dim, in, out, (T*)0); break;
+            default: shift_forward_block(wk, dim, in, out);
         }
     }
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
         const T* zt = stack + k * stride;
         T* acc_k = acc + acc_offsets[k];
+        prefetch_next<0>(z, dim, K - 1 - k, K);
+        prefetch_next<0>(grad_x, dim, K - 1 - k, K);
+        prefetch_next<1>(grad_z, dim, K - 1 - k, K);
         if (kinds[k] == KIND_PLANAR) {
-            planar_backward_block(wk, dim, zt, xt, gld, acc_k, tmp);
+            const T* t = act + 2 * (index_t)k * BLOCK_ROWS;
+            planar_backward_block(wk, dim, zt, gt, gld, t, t + BLOCK_ROWS, acc_k, tmp);
             continue;
         }
-        T* zr = row;
-        T* gr = row + dim;
+        if (kinds[k] == KIND_RADIAL) {
+            radial_backward_block(wk, dim, zt, gt, gld, nrows, acc_k, tmp);
+            continue;
+        }
+        T* zr = tmp;
+        T* gr = tmp + dim;
         for (index_t r = 0; r < nrows; ++r) {
             for (int i = 0; i < dim; ++i) {
-                zr[i] = zt[(index_t)i * BLOCK_ROWS + r];
-                gr[i] = xt[(index_t)i * BLOCK_ROWS + r];
+                zr[i] = PFC_XT(zt, i, r);
+                gr[i] = PFC_XT(gt, i, r);
             }
             layer_backward_row(kinds[k], wk, dim, zr, gr, gld[r], gr, acc_k);
-            for (int i = 0; i < dim; ++i) xt[(index_t)i * BLOCK_ROWS + r] = gr[i];
+            for (int i = 0; i < dim; ++i) PFC_XT(gt, i, r) = gr[i];
         }
     }
-    for (index_t r = 0; r < nrows; ++r) {
-        for (int i = 0; i < dim; ++i) grad_z[r * dim + i] = xt[(index_t)i * BLOCK_ROWS + r];
-    }
+    store_block(gt, dim, nrows, grad_z);
 }
 
 #undef PFC_XT
@@ -361,6 +732,9 @@ PFC_DEFINE_BLOCK_DISPATCH(chain_backward_block,
 
 #undef PFC_DEFINE_BLOCK_DISPATCH
 #undef PFC_UNPAREN
+#undef PFC_SIMD_REDUCE
+#undef PFC_STRINGIFY_
+#undef PFC_TILE8
 
 }  // namespace cpu
 }  // namespace pfc

@@ -10,6 +10,7 @@ in the source tree is the same program, full by default).  Options::
     --backends numpy,torch,...       a subset of the peers (--quick leaves out
                                      torch.compile unless it is named here)
     --no-limits                      skip the machine-limit measurements
+    --same-process                   run the peers in this process too (see Method)
 
 Backends: ``numpy`` (vectorised NumPy), ``torch`` (PyTorch eager, CPU),
 ``torch.compile`` (Inductor), ``jax`` (``jax.jit`` on the CPU).  PyTorch and
@@ -36,14 +37,16 @@ Method
    faster) are reported in their own column, never in the median.
 3. Ratio = peer median / pyflowcore median: above 1 pyflowcore is faster.
 
-All backends run in one process, as a user would mix them.  On a machine
-with few cores the OpenMP thread pools of pyflowcore and of PyTorch can then
-spin-wait against each other: on this project's 2-core machine, after
-pyflowcore's calls, torch.compile's W5 (N = 64) took 16 ms per call instead
-of 40 µs, and back to about 50 µs with ``OMP_WAIT_POLICY=passive`` set in the
-environment.  The benchmark does not set it (it measures the machine as it
-is); a peer time far out of line with its neighbours is worth re-running
-that way.
+4. Isolation.  pyflowcore is timed in the benchmark's own process, which
+   never imports PyTorch or JAX, and each peer in a fresh Python process of
+   its own (``python -m pyflowcore.bench --worker NAME --jobs DIR``), which
+   receives the parameters, the inputs and pyflowcore's results as ``.npy``
+   files and runs no pyflowcore kernel.  Each backend is so timed alone: in
+   one process the OpenMP thread pools of pyflowcore, PyTorch and JAX
+   spin-wait against each other on a machine with few cores (on this
+   project's 2-core machine, after pyflowcore's calls, torch.compile's W5
+   at N = 64 took 16 ms per call instead of 40 µs).  ``--same-process``
+   runs everything in one process, as a user mixing the libraries would.
 
 Workloads (dim 16; N = 65,536, or ``--quick``'s smaller N shown in the
 table): W1 16 planar layers, forward + log-det; W2 the same, forward and the
@@ -65,21 +68,24 @@ shape (``np.matmul`` of ``(N, 64) @ (64, 64)``), and time per element of
 """
 
 import argparse
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from pyflowcore import _peers
 
-__all__ = ["Workload", "Backend", "Skip", "Row", "default_workloads", "default_backends",
-           "compare", "relative_error", "format_table", "machine_limits", "main",
-           "add_arguments", "run_args"]
+__all__ = ["Workload", "Backend", "Skip", "Row", "Isolated", "default_workloads",
+           "default_backends", "isolated", "compare", "relative_error", "format_table",
+           "machine_limits", "main", "add_arguments", "run_args"]
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 DIM = 16
@@ -363,6 +369,42 @@ def default_backends():
             JaxBackend()]
 
 
+def _builtin_peer(name):
+    """A fresh built-in peer backend called ``name``, or None."""
+    return next((b for b in default_backends()[1:] if b.name == name), None)
+
+
+class Isolated(Backend):
+    """A built-in peer that ``compare`` runs in a Python process of its own.
+
+    The worker process rebuilds the backend from its name, so only the peers
+    of ``default_backends`` qualify.  ``unavailable()`` and ``describe()``
+    report what the worker found (nothing is imported here); they are known
+    once ``compare`` has run it.
+    """
+
+    def __init__(self, name):
+        if _builtin_peer(name) is None:
+            raise ValueError(f"{name!r} is not a built-in peer backend; only those can run "
+                             "in a worker process")
+        self.name = name
+        self.info = {"unavailable": None, "describe": ""}
+
+    def unavailable(self):
+        return self.info["unavailable"]
+
+    def describe(self):
+        return self.info["describe"]
+
+
+def isolated(backends):
+    """``backends`` with every built-in peer wrapped in ``Isolated`` (the
+    reference, first, and ``Disabled`` backends stay as they are)."""
+    def builtin(b):
+        return type(b) is type(_builtin_peer(b.name)) and not isinstance(b, Disabled)
+    return backends[:1] + [Isolated(b.name) if builtin(b) else b for b in backends[1:]]
+
+
 # -- measuring --------------------------------------------------------------
 def relative_error(results, reference):
     """Largest norm-wise relative error ``max|a - b| / max|b|`` over the outputs
@@ -427,61 +469,186 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
     dtypes : sequence of {"float64", "float32"}
     backends : sequence of Backend
         The first is the reference every other is checked against and divided by.
+        An ``Isolated`` peer (see ``isolated``) runs in a worker process of its
+        own; the others run in this process.
     repeat, warmup, min_time : timing (see ``time_call``)
     tolerance : dict dtype name -> float, optional
         Largest accepted ``relative_error`` (default ``TOLERANCE``).
     log : callable, optional
-        Called with a progress line per measurement.
+        Called with a progress line per measurement (a worker writes its lines
+        to standard error).
 
     Returns
     -------
     list of Row
+        Per workload and dtype, the reference then every peer, in order.
     """
-    tolerance = dict(TOLERANCE if tolerance is None else tolerance)
-    log = log or (lambda line: None)
+    tolerance = {k: float(v) for k, v in (TOLERANCE if tolerance is None else tolerance).items()}
+    verbose, log = log is not None, log or (lambda line: None)
     timing = {"repeat": repeat, "warmup": warmup, "min_time": min_time}
     reference, peers = backends[0], backends[1:]
-    missing = {b.name: b.unavailable() for b in backends}
-    rows = []
-    for w in workloads:
-        for dtype in dtypes:
-            dtype = np.dtype(dtype).name
+    workers = [b for b in peers if isinstance(b, Isolated)]
+    missing = {b.name: b.unavailable() for b in peers if not isinstance(b, Isolated)}
+    jobs = [(w, np.dtype(dtype).name) for w in workloads for dtype in dtypes]
+    table = {}  # (job index, backend name) -> Row
+    with tempfile.TemporaryDirectory(prefix="pyflowcore-bench-") as tmp:
+        manifest = []
+        for j, (w, dtype) in enumerate(jobs):
             problem = make_problem(w, dtype, seed)
             ref = reference.prepare(problem)
             ref_results = ref.results(ref.run())
             ref_s = time_call(ref.run, **timing)
-            rows.append(Row(w, dtype, reference.name, "ok", ref_s, 1.0, ref.compile_s, 0.0))
+            table[j, reference.name] = Row(w, dtype, reference.name, "ok", ref_s, 1.0,
+                                           ref.compile_s, 0.0)
             log(f"{w.key} {w.title} N={w.n} {dtype} {reference.name}: {_fmt_time(ref_s)}")
             for b in peers:
-                row = Row(w, dtype, b.name, "skipped")
-                rows.append(row)
-                if missing[b.name]:
-                    row.note = missing[b.name]
-                    continue
-                try:
-                    prepared = b.prepare(problem)
-                    row.compile_s = prepared.compile_s
-                    err = relative_error(prepared.results(prepared.run()), ref_results)
-                except Skip as exc:
-                    row.note = str(exc)
-                    continue
-                except Exception as exc:  # a peer's failure must not stop the others
-                    row.status, row.note = "failed", f"{type(exc).__name__}: {exc}"[:200]
-                    log(f"  {b.name}: failed: {row.note}")
-                    continue
-                row.rel_err = err
-                if not err <= tolerance[dtype]:
-                    row.status = "disagrees"
-                    row.note = (f"relative error {err:.1e} > {tolerance[dtype]:.0e} against "
-                                f"{reference.name}: not timed")
-                    log(f"  {b.name}: {row.note}")
-                    continue
-                row.status = "ok"
-                row.median_s = time_call(prepared.run, **timing)
-                row.ratio = row.median_s / ref_s
-                compiled = "" if row.compile_s is None else f", compile {_fmt_time(row.compile_s)}"
-                log(f"  {b.name}: {_fmt_time(row.median_s)} (x{row.ratio:.2f}{compiled})")
+                if not isinstance(b, Isolated):
+                    table[j, b.name] = _measure_peer(b, problem, ref_results, missing[b.name],
+                                                     tolerance[dtype], timing, reference.name,
+                                                     log)
+            if workers:
+                manifest.append(_save_job(tmp, j, problem, ref_results))
+        for b in workers:
+            log(f"{b.name}: timing in a worker process ...")
+            for j, row in enumerate(_run_worker(b, tmp, manifest, tolerance, timing,
+                                                reference.name, verbose)):
+                w, dtype = jobs[j]
+                table[j, b.name] = Row(w, dtype, b.name, **row)
+    rows = []
+    for j in range(len(jobs)):
+        ref_row = table[j, reference.name]
+        rows.append(ref_row)
+        for b in peers:
+            row = table[j, b.name]
+            if row.status == "ok":
+                row.ratio = row.median_s / ref_row.median_s
+            rows.append(row)
     return rows
+
+
+def _measure_peer(backend, problem, ref_results, missing, tol, timing, ref_name, log):
+    """The Row of one peer on one problem: skipped, failed, disagrees, or timed
+    (``ratio`` is left to the caller)."""
+    w = problem.workload
+    row = Row(w, problem.dtype.name, backend.name, "skipped")
+    if missing:
+        row.note = missing
+        return row
+    try:
+        prepared = backend.prepare(problem)
+        row.compile_s = prepared.compile_s
+        err = relative_error(prepared.results(prepared.run()), ref_results)
+    except Skip as exc:
+        row.note = str(exc)
+        return row
+    except Exception as exc:  # a peer's failure must not stop the others
+        row.status, row.note = "failed", f"{type(exc).__name__}: {exc}"[:200]
+        log(f"  {w.key} N={w.n} {problem.dtype.name} {backend.name}: failed: {row.note}")
+        return row
+    row.rel_err = err
+    if not err <= tol:
+        row.status = "disagrees"
+        row.note = f"relative error {err:.1e} > {tol:.0e} against {ref_name}: not timed"
+        log(f"  {w.key} N={w.n} {problem.dtype.name} {backend.name}: {row.note}")
+        return row
+    row.status = "ok"
+    row.median_s = time_call(prepared.run, **timing)
+    compiled = "" if row.compile_s is None else f", compile {_fmt_time(row.compile_s)}"
+    log(f"  {w.key} N={w.n} {problem.dtype.name} {backend.name}: "
+        f"{_fmt_time(row.median_s)}{compiled}")
+    return row
+
+
+# -- worker processes ---------------------------------------------------------
+_ROW_FIELDS = ("status", "median_s", "compile_s", "rel_err", "note")
+
+
+def _save_job(directory, j, problem, ref_results):
+    """Write one problem's inputs and reference results for the workers."""
+    files = {}
+    arrays = {"theta": problem.theta, "points": problem.points}
+    arrays.update({f"ref{k}": r for k, r in enumerate(ref_results)})
+    for key, arr in arrays.items():
+        files[key] = f"job{j}-{key}.npy"
+        np.save(os.path.join(directory, files[key]), arr, allow_pickle=False)
+    return {"workload": asdict(problem.workload), "dtype": problem.dtype.name,
+            "files": files, "num_ref": len(ref_results)}
+
+
+def _load_job(directory, job):
+    w = dict(job["workload"])
+    w["model"] = tuple(w["model"])
+    workload = Workload(**w)
+    files = job["files"]
+
+    def load(key):
+        return np.load(os.path.join(directory, files[key]), allow_pickle=False)
+    problem = Problem(workload, np.dtype(job["dtype"]), None, load("theta"), load("points"))
+    return problem, tuple(load(f"ref{k}") for k in range(job["num_ref"]))
+
+
+def _run_worker(backend, directory, manifest, tolerance, timing, ref_name, verbose):
+    """Run ``backend``'s share of the jobs in a fresh Python process; returns one
+    dict of Row fields per job (all ``failed`` if the worker dies).  With
+    ``verbose`` its progress lines go straight to this process's standard
+    error, as they come."""
+    spec = {"tolerance": tolerance, "timing": timing, "reference": ref_name,
+            "jobs": manifest}
+    tag = "".join(c if c.isalnum() else "_" for c in backend.name)
+    job_file = os.path.join(directory, f"jobs-{tag}.json")
+    result_file = os.path.join(directory, f"result-{tag}.json")
+    with open(job_file, "w", encoding="utf-8") as fh:
+        json.dump(spec, fh)
+    # The worker must import this very pyflowcore (a source tree need not be installed).
+    import pyflowcore
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyflowcore.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]]
+                                                 if env.get("PYTHONPATH") else []))
+    cmd = [sys.executable, "-m", "pyflowcore.bench", "--worker", backend.name,
+           "--jobs", job_file, "--result", result_file] + (["--verbose"] if verbose else [])
+    try:
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=None if verbose else subprocess.PIPE, text=True,
+                              errors="replace", check=False)
+    except OSError as exc:
+        return [{"status": "failed", "note": f"cannot start a worker process: {exc}"[:200]}
+                for _ in manifest]
+    try:
+        with open(result_file, encoding="utf-8") as fh:
+            result = json.load(fh)
+    except (OSError, ValueError):
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["(its messages are above)"]
+        note = f"worker process exited with code {proc.returncode}: {tail[0]}"[:200]
+        return [{"status": "failed", "note": note} for _ in manifest]
+    backend.info = {"unavailable": result["unavailable"], "describe": result["describe"]}
+    return result["rows"]
+
+
+def _worker(name, job_file, result_file, verbose=False):
+    """The worker process: time the built-in peer ``name`` on the jobs of
+    ``job_file`` and write the rows to ``result_file`` as JSON."""
+    backend = _builtin_peer(name)
+    with open(job_file, encoding="utf-8") as fh:
+        spec = json.load(fh)
+    directory = os.path.dirname(job_file)
+    missing = backend.unavailable()
+    rows = []
+
+    def log(line):
+        if verbose:
+            print(line, file=sys.stderr, flush=True)
+    for job in spec["jobs"]:
+        problem, ref_results = _load_job(directory, job)
+        row = _measure_peer(backend, problem, ref_results, missing,
+                            spec["tolerance"][problem.dtype.name], spec["timing"],
+                            spec["reference"], log)
+        rows.append({k: getattr(row, k) for k in _ROW_FIELDS})
+    result = {"unavailable": missing, "describe": "" if missing else backend.describe(),
+              "rows": rows}
+    with open(result_file, "w", encoding="utf-8") as fh:
+        json.dump(result, fh)
+    return 0
 
 
 def machine_limits(n=FULL_N, dtypes=("float64", "float32"), *, copy_mib=256, repeat=7,
@@ -584,10 +751,7 @@ def report(rows, limits, backends, settings):
            "compile = JAX `lower().compile()` or torch.compile's first call, not in the median. "
            "rel. err = max|peer - pyflowcore| / max|pyflowcore| over the outputs, "
            f"checked before timing (float64 <= {TOLERANCE['float64']:.0e}, "
-           f"float32 <= {TOLERANCE['float32']:.0e}). "
-           "All backends share one process: on few cores their OpenMP pools can spin against "
-           "each other; a torch time far out of line is worth re-running with "
-           "OMP_WAIT_POLICY=passive.", "",
+           f"float32 <= {TOLERANCE['float32']:.0e}).", "",
            format_table(rows)]
     if limits:
         out += ["", "## This machine's limits", "", "| quantity | value | note |", "|---|---:|---|"]
@@ -615,6 +779,14 @@ def add_arguments(parser, quick_default=True):
                         help="skip the machine-limit measurements")
     parser.add_argument("--out", default=None, metavar="FILE.md",
                         help="also write the Markdown report to this file")
+    parser.add_argument("--same-process", dest="isolate", action="store_false",
+                        help="time the peers in this process, not each in a worker process "
+                             "of its own (their thread pools then compete with pyflowcore's)")
+    # The worker side of the isolated runs (see compare); not for direct use.
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--jobs", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -623,6 +795,12 @@ def run_args(args):
 
     Returns 0, or 2 for an unknown backend name or an unwritable ``--out``.
     """
+    if getattr(args, "worker", None):
+        if _builtin_peer(args.worker) is None or not (args.jobs and args.result):
+            print(f"--worker needs a built-in peer name, --jobs and --result; got "
+                  f"{args.worker!r}", file=sys.stderr)
+            return 2
+        return _worker(args.worker, args.jobs, args.result, args.verbose)
     backends = default_backends()
     if args.backends:
         wanted = {name.strip() for name in args.backends.split(",") if name.strip()}
@@ -642,9 +820,16 @@ def run_args(args):
         n, timing, copy_mib = QUICK_N, {"repeat": 3, "warmup": 1, "min_time": 0.01}, 64
     else:
         n, timing, copy_mib = FULL_N, {"repeat": 11, "warmup": 2, "min_time": 0.05}, 256
+    isolate = getattr(args, "isolate", True)
+    if isolate:
+        backends = isolated(backends)
     settings = (f"{'quick' if args.quick else 'full'} run: N = {n} (W5: 1 and 64), "
                 f"dim {DIM}; median of {timing['repeat']} samples of >= "
-                f"{timing['min_time'] * 1e3:.0f} ms after {timing['warmup']} warm-up call(s).")
+                f"{timing['min_time'] * 1e3:.0f} ms after {timing['warmup']} warm-up call(s). "
+                + ("pyflowcore timed in the main process, each peer in a process of its own."
+                   if isolate else
+                   "All backends in one process (--same-process): their OpenMP thread pools "
+                   "can spin against each other on few cores."))
 
     def log(line):
         print(line, file=sys.stderr, flush=True)

@@ -3,7 +3,8 @@
 Only the NumPy peer runs here (PyTorch and JAX are optional); what is checked
 is the machinery: a peer that agrees is timed, one that disagrees is refused,
 a workload a peer cannot do and a missing backend are reported as skipped,
-and the table lists every row.
+and the table lists every row; a peer timed in a worker process of its own
+gives the in-process results.
 """
 
 import numpy as np
@@ -102,6 +103,49 @@ def test_table_lists_every_row(rows):
     assert "| T1 planar x2 forward+logdet | 64 | float32 | numpy |" in table
     text = bench.report(rows, [("memory copy", "1 GB/s", "")], [bench.NumpyBackend()], "tiny")
     assert table in text and "| memory copy | 1 GB/s |" in text
+
+
+@pytest.fixture(scope="module")
+def isolated_rows():
+    backends = bench.isolated([bench.PyflowcoreBackend(), bench.NumpyBackend(),
+                               bench.Disabled("torch", "PyTorch not importable (test)")])
+    assert [type(b) for b in backends] == [bench.PyflowcoreBackend, bench.Isolated,
+                                           bench.Disabled]
+    rows = bench.compare(WORKLOADS[:4], ["float64", "float32"], backends, **TIMING)
+    return backends, rows
+
+
+def test_isolated_peer_matches_in_process_peer(rows, isolated_rows):
+    backends, iso = isolated_rows
+    assert backends[1].describe() == f"numpy {np.__version__}"
+    assert backends[1].unavailable() is None
+    assert len(iso) == 3 * 2 * 4
+    for w in WORKLOADS[:4]:
+        for dtype in ("float64", "float32"):
+            got, same = by_backend(iso, w, dtype), by_backend(rows, w, dtype)
+            assert list(got) == ["pyflowcore", "numpy", "torch"]
+            peer = got["numpy"]
+            # Same inputs (through .npy files) and the same arithmetic as in process.
+            assert peer.status == same["numpy"].status == "ok"
+            assert peer.rel_err == same["numpy"].rel_err
+            assert peer.median_s > 0
+            assert peer.ratio == pytest.approx(peer.median_s / got["pyflowcore"].median_s)
+            assert got["torch"].status == "skipped" and "not importable" in got["torch"].note
+
+
+def test_only_builtin_peers_are_isolated():
+    with pytest.raises(ValueError, match="not a built-in peer"):
+        bench.Isolated("numpy*(1+1e-07)")
+    custom = [bench.PyflowcoreBackend(), Perturbed(1e-7), no_reparameterisation()]
+    assert all(a is b for a, b in zip(bench.isolated(custom), custom, strict=True))
+
+
+def test_dead_worker_fails_its_rows(monkeypatch):
+    monkeypatch.setattr(bench.sys, "executable", "false")
+    rows = bench.compare(WORKLOADS[:1], ["float64"],
+                         [bench.PyflowcoreBackend(), bench.Isolated("numpy")], **TIMING)
+    assert [r.status for r in rows] == ["ok", "failed"]
+    assert "worker process exited with code 1" in rows[1].note
 
 
 def test_relative_error():

@@ -25,13 +25,23 @@ CUDA kernels run, one thread per row.
   Newton solve takes a varying number of steps.
 * backward: block by block (``csrc/rowwise_cpu.h``), the forward is
   recomputed keeping every layer's input block, then the layers'
-  vector-Jacobian products run in reverse, planar layers vectorised.
+  vector-Jacobian products run in reverse, planar and radial layers
+  vectorised.
 * inverse_backward: per row, the inverse is recomputed through the run,
   keeping the K layer inputs of that one row in a small per-thread stack,
   then the layers' vector-Jacobian products run first to last.
 * Parameter gradients go to per-chunk accumulators that are summed in chunk
   order (``_parallel.pxd``), bitwise reproducible for any number of
   threads.
+
+Small batches.  For one layer on a few rows the kernels cost less than a
+call's set-up (validation, memoryviews, output allocation, an OpenMP region
+even with ``use_threads_if`` false: libgomp's closing barrier makes futex
+calls).  ``forward_fast`` / ``inverse_fast`` check exactly-right NumPy
+inputs at C level, allocate with ``PyArray_EMPTY`` and run the same row and
+block functions on raw pointers, with plain loops below
+``MIN_ROWS_PARALLEL`` rows; any other input gets ``None`` and takes the
+generic path.
 
 A run is described once, at construction of a ``RowwiseRun``: the layer
 kinds and the offsets of each layer's raw parameters, derived coefficients
@@ -48,6 +58,10 @@ from libc.string cimport memcpy
 
 from pyflowcore._kernels._parallel cimport (
     MIN_ROWS_PARALLEL, chunk_start, num_chunks)
+
+cimport numpy as cnp
+
+cnp.import_array()
 
 
 cdef extern from "rowwise.h" namespace "pfc" nogil:
@@ -88,6 +102,17 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
 # always computes a whole (zero-padded) block.
 cdef enum:
     SMALL_BATCH = 32
+
+# The fast paths keep the derived coefficients of runs up to this size (in
+# doubles) on the stack instead of the heap.
+cdef enum:
+    STACK_WORK = 512
+
+
+cdef inline bint _kernel_ready(cnp.ndarray a) noexcept:
+    # C-contiguous, aligned and in native byte order: what a typed memoryview
+    # of the generic path would accept without a copy.
+    return cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISBEHAVED_RO(a)
 
 
 def plan(kinds, int dim):
@@ -176,6 +201,167 @@ cdef class RowwiseRun:
         for k in range(self.K):
             layer_prepare(self.kinds[k], params + self.param_offsets[k], self.dim,
                           work + self.work_offsets[k])
+
+    # -- the fast paths of Flow.forward / Flow.inverse ------------------------
+    def forward_fast(self, params, z):
+        """``(x, log_det)`` for inputs already in the kernels' form, else ``None``.
+
+        Parameters
+        ----------
+        params : ndarray of shape (num_params,)
+        z : ndarray of shape (N, dim) or (dim,)
+
+        Returns
+        -------
+        (x, log_det) of shapes ``(N, dim), (N,)`` or ``(dim,), ()``, or None
+
+        Notes
+        -----
+        The fast path of a row-wise flow's ``forward`` for small batches,
+        where the generic path's Python-level validation, output allocation
+        and memoryview acquisition cost several times the arithmetic.  It
+        takes exact ``ndarray`` instances of one dtype (float32 or float64,
+        aligned, native byte order, C-contiguous), ``params`` of the run's
+        length and ``z`` of shape ``(N, dim)`` or ``(dim,)``; the checks are
+        C-level reads of the array structs and the outputs come from
+        ``PyArray_EMPTY``.  For any other input it returns ``None`` and the
+        caller takes the generic, converting and validating path.  The
+        kernels and their dispatch on ``N`` are those of ``forward``, so the
+        results are bitwise the same.  Nothing is cached between calls: the
+        derived coefficients are recomputed from ``params`` every time, so
+        in-place updates of the parameters are always seen and concurrent
+        calls share no mutable state.
+        """
+        return self._map_fast(params, z, False)
+
+    def inverse_fast(self, params, x):
+        """``(z, log_det_inv)`` for inputs already in the kernels' form, else
+        ``None``; the fast path of ``inverse`` (see ``forward_fast``)."""
+        return self._map_fast(params, x, True)
+
+    cdef object _map_fast(self, object params, object points, bint inverse_map):
+        cdef cnp.ndarray p, a, out, log_det
+        cdef int typenum, nd, failed
+        cdef Py_ssize_t n
+        cdef long long work_size = self.work_offsets[self.K]
+        cdef double stack_work[STACK_WORK]
+        cdef void* work = stack_work
+        if not (cnp.PyArray_CheckExact(params) and cnp.PyArray_CheckExact(points)):
+            return None
+        p = <cnp.ndarray>params
+        a = <cnp.ndarray>points
+        typenum = cnp.PyArray_TYPE(p)
+        if ((typenum != cnp.NPY_DOUBLE and typenum != cnp.NPY_FLOAT)
+                or cnp.PyArray_TYPE(a) != typenum
+                or not (_kernel_ready(p) and _kernel_ready(a))
+                or cnp.PyArray_NDIM(p) != 1
+                or cnp.PyArray_DIM(p, 0) != self.param_offsets[self.K]):
+            return None
+        nd = cnp.PyArray_NDIM(a)
+        if nd == 2 and cnp.PyArray_DIM(a, 1) == self.dim:
+            n = cnp.PyArray_DIM(a, 0)
+        elif nd == 1 and cnp.PyArray_DIM(a, 0) == self.dim:
+            n = 1
+        else:
+            return None
+        # (N, dim) and (N,) for a batch, (dim,) and () for one point.
+        out = <cnp.ndarray>cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), typenum, 0)
+        log_det = <cnp.ndarray>cnp.PyArray_EMPTY(nd - 1, cnp.PyArray_DIMS(a), typenum, 0)
+        if work_size > STACK_WORK:
+            work = malloc(work_size * sizeof(double))
+            if work == NULL:
+                raise MemoryError()
+        if typenum == cnp.NPY_DOUBLE:
+            with nogil:
+                failed = self._map_ptr(inverse_map, <const double*>cnp.PyArray_DATA(p),
+                                       <double*>work, n, <const double*>cnp.PyArray_DATA(a),
+                                       <double*>cnp.PyArray_DATA(out),
+                                       <double*>cnp.PyArray_DATA(log_det))
+        else:
+            with nogil:
+                failed = self._map_ptr(inverse_map, <const float*>cnp.PyArray_DATA(p),
+                                       <float*>work, n, <const float*>cnp.PyArray_DATA(a),
+                                       <float*>cnp.PyArray_DATA(out),
+                                       <float*>cnp.PyArray_DATA(log_det))
+        if work != <void*>stack_work:
+            free(work)
+        if failed:
+            raise MemoryError()
+        return out, log_det
+
+    cdef int _map_ptr(self, bint inverse_map, const floating* params, floating* work,
+                      Py_ssize_t n, const floating* v, floating* out,
+                      floating* log_det) noexcept nogil:
+        # forward / inverse on raw pointers; nonzero when scratch memory ran out.
+        self._prepare(params, work)
+        if inverse_map:
+            self._inverse_ptr(work, n, v, out, log_det)
+            return 0
+        return self._forward_ptr(work, n, v, out, log_det)
+
+    # The dispatch of forward and inverse, with one difference: below
+    # MIN_ROWS_PARALLEL rows the loops are plain loops, not a prange whose
+    # use_threads_if is false -- that still opens an OpenMP region, and
+    # libgomp's closing barrier makes futex calls costing about a
+    # microsecond.  Each row or block is computed by the same call either
+    # way, so the results are bitwise those of forward / inverse.
+    cdef int _forward_ptr(self, const floating* work, Py_ssize_t n, const floating* z,
+                          floating* x, floating* log_det) noexcept nogil:
+        cdef Py_ssize_t i, blk, lo
+        cdef Py_ssize_t num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+        cdef int k, K = self.K, dim = self.dim, level, failed = 0
+        cdef floating ld
+        cdef floating* scratch
+        if n < SMALL_BATCH:
+            for i in range(n):
+                ld = layer_forward_row(self.kinds[0], work, dim, z + i * dim, x + i * dim)
+                for k in range(1, K):
+                    ld = ld + layer_forward_row(self.kinds[k], work + self.work_offsets[k],
+                                                dim, x + i * dim, x + i * dim)
+                log_det[i] = ld
+            return 0
+        level = cpu_level()
+        if n < MIN_ROWS_PARALLEL:
+            scratch = <floating*>malloc(chain_block_scratch_size(dim) * sizeof(floating))
+            if scratch == NULL:
+                return 1
+            for blk in range(num_blocks):
+                lo = blk * BLOCK_ROWS
+                chain_forward_block(level, self.kinds, work, self.work_offsets, K, dim,
+                                    min(<Py_ssize_t>BLOCK_ROWS, n - lo), z + lo * dim,
+                                    x + lo * dim, log_det + lo, scratch)
+            free(scratch)
+            return 0
+        for blk in prange(num_blocks, schedule="static"):
+            scratch = <floating*>malloc(chain_block_scratch_size(dim) * sizeof(floating))
+            if scratch == NULL:
+                failed += 1
+            else:
+                lo = blk * BLOCK_ROWS
+                chain_forward_block(level, self.kinds, work, self.work_offsets, K, dim,
+                                    min(<Py_ssize_t>BLOCK_ROWS, n - lo), z + lo * dim,
+                                    x + lo * dim, log_det + lo, scratch)
+                free(scratch)
+        return failed
+
+    cdef void _inverse_ptr(self, const floating* work, Py_ssize_t n, const floating* x,
+                           floating* z, floating* log_det) noexcept nogil:
+        cdef Py_ssize_t i
+        if n < MIN_ROWS_PARALLEL:
+            for i in range(n):
+                log_det[i] = self._inverse_row(work, x + i * self.dim, z + i * self.dim)
+        else:
+            for i in prange(n, schedule="dynamic", chunksize=64):
+                log_det[i] = self._inverse_row(work, x + i * self.dim, z + i * self.dim)
+
+    cdef inline floating _inverse_row(self, const floating* work, const floating* x,
+                                      floating* z) noexcept nogil:
+        cdef int k, K = self.K, dim = self.dim
+        cdef floating ld = layer_inverse_row(self.kinds[K - 1], work + self.work_offsets[K - 1],
+                                             dim, x, z)
+        for k in range(K - 2, -1, -1):
+            ld = ld + layer_inverse_row(self.kinds[k], work + self.work_offsets[k], dim, z, z)
+        return ld
 
     def forward(self, const floating[::1] params, const floating[:, ::1] z,
                 floating[:, ::1] x, floating[::1] log_det):
