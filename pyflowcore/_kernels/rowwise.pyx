@@ -366,54 +366,26 @@ cdef class RowwiseRun:
     def forward(self, const floating[::1] params, const floating[:, ::1] z,
                 floating[:, ::1] x, floating[::1] log_det):
         """x, log_det = f(z), log|det df/dz| through all layers."""
-        cdef Py_ssize_t n = z.shape[0], i, blk, lo
-        cdef Py_ssize_t num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-        cdef int k, K = self.K, dim = self.dim, level
-        cdef floating ld
-        cdef floating* scratch
-        cdef floating* work = <floating*>malloc(self.work_offsets[K] * sizeof(floating))
+        cdef int failed
+        cdef floating* work = <floating*>malloc(self.work_offsets[self.K] * sizeof(floating))
         if work == NULL:
             raise MemoryError()
         with nogil:
             self._prepare(&params[0], work)
-            if n < SMALL_BATCH:
-                for i in range(n):
-                    ld = layer_forward_row(self.kinds[0], work, dim, &z[i, 0], &x[i, 0])
-                    for k in range(1, K):
-                        ld = ld + layer_forward_row(self.kinds[k], work + self.work_offsets[k],
-                                                    dim, &x[i, 0], &x[i, 0])
-                    log_det[i] = ld
-            else:
-                level = cpu_level()
-                for blk in prange(num_blocks, schedule="static",
-                                  use_threads_if=n >= MIN_ROWS_PARALLEL):
-                    scratch = <floating*>malloc(chain_block_scratch_size(dim) * sizeof(floating))
-                    lo = blk * BLOCK_ROWS
-                    chain_forward_block(level, self.kinds, work, self.work_offsets, K, dim,
-                                        min(<Py_ssize_t>BLOCK_ROWS, n - lo), &z[lo, 0],
-                                        &x[lo, 0], &log_det[lo], scratch)
-                    free(scratch)
+            failed = self._forward_ptr(work, z.shape[0], &z[0, 0], &x[0, 0], &log_det[0])
             free(work)
+        if failed:
+            raise MemoryError()
 
     def inverse(self, const floating[::1] params, const floating[:, ::1] x,
                 floating[:, ::1] z, floating[::1] log_det):
         """z, log_det_inv = f^{-1}(x), log|det df^{-1}/dx|, last layer first."""
-        cdef Py_ssize_t n = x.shape[0], i
-        cdef int k, K = self.K, dim = self.dim
-        cdef floating ld
-        cdef floating* work = <floating*>malloc(self.work_offsets[K] * sizeof(floating))
+        cdef floating* work = <floating*>malloc(self.work_offsets[self.K] * sizeof(floating))
         if work == NULL:
             raise MemoryError()
         with nogil:
             self._prepare(&params[0], work)
-            for i in prange(n, schedule="dynamic", chunksize=64,
-                            use_threads_if=n >= MIN_ROWS_PARALLEL):
-                ld = layer_inverse_row(self.kinds[K - 1], work + self.work_offsets[K - 1], dim,
-                                       &x[i, 0], &z[i, 0])
-                for k in range(K - 2, -1, -1):
-                    ld = ld + layer_inverse_row(self.kinds[k], work + self.work_offsets[k], dim,
-                                                &z[i, 0], &z[i, 0])
-                log_det[i] = ld
+            self._inverse_ptr(work, x.shape[0], &x[0, 0], &z[0, 0], &log_det[0])
             free(work)
 
     def backward(self, const floating[::1] params, const floating[:, ::1] z,
