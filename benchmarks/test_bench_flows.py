@@ -14,22 +14,19 @@ import pyflowcore as pf
 N, DIM = 65_536, 16
 
 
-def planar_chain(dtype, rng, layers=16):
-    flows = []
-    for _ in range(layers):
-        f = pf.Planar(DIM, dtype=dtype, rng=rng)
-        f.set_params(rng.normal(0, 0.5, f.num_params))
-        flows.append(f)
-    return pf.Chain(flows)
+def chain_of(cls, layers=16):
+    """A chain of `layers` flows of one row-wise class, random parameters."""
+    def make(dtype, rng):
+        flows = []
+        for _ in range(layers):
+            f = cls(DIM, dtype=dtype, rng=rng)
+            f.set_params(rng.normal(0, 0.5, f.num_params))
+            flows.append(f)
+        return pf.Chain(flows)
+    return make
 
 
-def radial_chain(dtype, rng, layers=16):
-    flows = []
-    for _ in range(layers):
-        f = pf.Radial(DIM, dtype=dtype, rng=rng)
-        f.set_params(rng.normal(0, 0.5, f.num_params))
-        flows.append(f)
-    return pf.Chain(flows)
+planar_chain = chain_of(pf.Planar)
 
 
 def realnvp(dtype, rng):
@@ -52,7 +49,7 @@ def cholesky(dtype, rng):
 
 FLOWS = {
     "planar16": planar_chain,
-    "radial16": radial_chain,
+    "radial16": chain_of(pf.Radial),
     "realnvp8x2x64": realnvp,
     "scale": simple(pf.ElementwiseScale),
     "shift": simple(pf.Shift),
