@@ -62,97 +62,98 @@ def best_level():
     return cpu_level()
 
 
-cdef int _check(Py_ssize_t n, Py_ssize_t n_out) except -1:
-    if n != n_out:
-        raise ValueError(f"x and out must have the same length, got {n} and {n_out}")
-    return 0
+cdef enum Fn:
+    EXP
+    EXPM1
+    LOG
+    LOG1P
+    TANH
 
 
-def exp(const floating[::1] x, floating[::1] out, int level=-1):
+cdef void vm_array(Fn fn, const floating* x, floating* out, index_t n, int level) noexcept nogil:
+    if fn == EXP:
+        vm_exp_array(x, out, n, level)
+    elif fn == EXPM1:
+        vm_expm1_array(x, out, n, level)
+    elif fn == LOG:
+        vm_log_array(x, out, n, level)
+    elif fn == LOG1P:
+        vm_log1p_array(x, out, n, level)
+    else:
+        vm_tanh_array(x, out, n, level)
+
+
+cdef inline floating libm(Fn fn, floating v) noexcept nogil:
+    if fn == EXP:
+        return libm_exp(v)
+    if fn == EXPM1:
+        return libm_expm1(v)
+    if fn == LOG:
+        return libm_log(v)
+    if fn == LOG1P:
+        return libm_log1p(v)
+    return libm_tanh(v)
+
+
+def _apply(Fn fn, const floating[::1] x, floating[::1] out, int level, bint use_libm):
+    cdef Py_ssize_t n = x.shape[0], i
+    if n != out.shape[0]:
+        raise ValueError(f"x and out must have the same length, got {n} and {out.shape[0]}")
+    if n == 0:
+        return
+    with nogil:
+        if use_libm:
+            for i in range(n):
+                out[i] = libm(fn, x[i])
+        else:
+            vm_array(fn, &x[0], &out[0], n, level)
+
+
+def exp(x, out, int level=-1):
     """out[i] = e^x[i] (vectorised pfc::vm::exp)."""
-    cdef Py_ssize_t n = x.shape[0]
-    _check(n, out.shape[0])
-    if n:
-        with nogil:
-            vm_exp_array(&x[0], &out[0], n, level)
+    _apply(EXP, x, out, level, False)
 
 
-def expm1(const floating[::1] x, floating[::1] out, int level=-1):
+def expm1(x, out, int level=-1):
     """out[i] = e^x[i] - 1 (vectorised pfc::vm::expm1)."""
-    cdef Py_ssize_t n = x.shape[0]
-    _check(n, out.shape[0])
-    if n:
-        with nogil:
-            vm_expm1_array(&x[0], &out[0], n, level)
+    _apply(EXPM1, x, out, level, False)
 
 
-def log(const floating[::1] x, floating[::1] out, int level=-1):
+def log(x, out, int level=-1):
     """out[i] = log(x[i]) (vectorised pfc::vm::log)."""
-    cdef Py_ssize_t n = x.shape[0]
-    _check(n, out.shape[0])
-    if n:
-        with nogil:
-            vm_log_array(&x[0], &out[0], n, level)
+    _apply(LOG, x, out, level, False)
 
 
-def log1p(const floating[::1] x, floating[::1] out, int level=-1):
+def log1p(x, out, int level=-1):
     """out[i] = log(1 + x[i]) (vectorised pfc::vm::log1p)."""
-    cdef Py_ssize_t n = x.shape[0]
-    _check(n, out.shape[0])
-    if n:
-        with nogil:
-            vm_log1p_array(&x[0], &out[0], n, level)
+    _apply(LOG1P, x, out, level, False)
 
 
-def tanh(const floating[::1] x, floating[::1] out, int level=-1):
+def tanh(x, out, int level=-1):
     """out[i] = tanh(x[i]) (vectorised pfc::vm::tanh)."""
-    cdef Py_ssize_t n = x.shape[0]
-    _check(n, out.shape[0])
-    if n:
-        with nogil:
-            vm_tanh_array(&x[0], &out[0], n, level)
+    _apply(TANH, x, out, level, False)
 
 
-def exp_libm(const floating[::1] x, floating[::1] out):
+def exp_libm(x, out):
     """out[i] = exp(x[i]) through the C library, one scalar call per element."""
-    cdef Py_ssize_t n = x.shape[0], i
-    _check(n, out.shape[0])
-    with nogil:
-        for i in range(n):
-            out[i] = libm_exp(x[i])
+    _apply(EXP, x, out, -1, True)
 
 
-def expm1_libm(const floating[::1] x, floating[::1] out):
+def expm1_libm(x, out):
     """out[i] = expm1(x[i]) through the C library."""
-    cdef Py_ssize_t n = x.shape[0], i
-    _check(n, out.shape[0])
-    with nogil:
-        for i in range(n):
-            out[i] = libm_expm1(x[i])
+    _apply(EXPM1, x, out, -1, True)
 
 
-def log_libm(const floating[::1] x, floating[::1] out):
+def log_libm(x, out):
     """out[i] = log(x[i]) through the C library."""
-    cdef Py_ssize_t n = x.shape[0], i
-    _check(n, out.shape[0])
-    with nogil:
-        for i in range(n):
-            out[i] = libm_log(x[i])
+    _apply(LOG, x, out, -1, True)
 
 
-def log1p_libm(const floating[::1] x, floating[::1] out):
+def log1p_libm(x, out):
     """out[i] = log1p(x[i]) through the C library."""
-    cdef Py_ssize_t n = x.shape[0], i
-    _check(n, out.shape[0])
-    with nogil:
-        for i in range(n):
-            out[i] = libm_log1p(x[i])
+    _apply(LOG1P, x, out, -1, True)
 
 
-def tanh_libm(const floating[::1] x, floating[::1] out):
+def tanh_libm(x, out):
     """out[i] = tanh(x[i]) through the C library."""
-    cdef Py_ssize_t n = x.shape[0], i
-    _check(n, out.shape[0])
-    with nogil:
-        for i in range(n):
-            out[i] = libm_tanh(x[i])
+    _apply(TANH, x, out, -1, True)

@@ -11,6 +11,7 @@ import cupy
 import numpy as np
 
 from pyflowcore.cuda import _launch
+from pyflowcore.cuda._engine import Engine
 from pyflowcore.cuda._launch import i32, i64, odd
 from pyflowcore.cuda._module import LAYER_KINDS, kernel
 from pyflowcore.flows.chain import Units, unit_groups
@@ -30,7 +31,7 @@ def kind_code(flow):
     return LAYER_KINDS[flow._row_kind]
 
 
-class RowwiseRun:
+class RowwiseRun(Engine):
     """A run of row-wise layers whose parameters are ``owner._params[lo:hi]``.
 
     The parameter view is taken at every call, so in-place updates (and
@@ -90,12 +91,6 @@ class RowwiseRun:
              i32(rows_in_smem), i32(stride)),
             shared_mem=smem)
 
-    def _forward(self, z, x, log_det):
-        self._transform(False, z, x, log_det)
-
-    def _inverse(self, x, z, log_det):
-        self._transform(True, x, z, log_det)
-
     # -- vector-Jacobian products -------------------------------------------
     def _vjp(self, inverse, v, grad_out, grad_log_det, grad_in, grad_params):
         n = v.shape[0]
@@ -140,12 +135,6 @@ class RowwiseRun:
             ((self.K + 31) // 32,), (32,),
             (self._kinds, i32(self.K), params, self._param_off, work, self._work_off, acc,
              self._acc_off, i32(self.dim), grad_params))
-
-    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
-        self._vjp(False, z, grad_x, grad_log_det, grad_z, grad_params)
-
-    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
-        self._vjp(True, x, grad_z, grad_log_det, grad_x, grad_params)
 
     def _dummy(self):
         return cupy.empty(1, dtype=self.dtype)

@@ -3,11 +3,12 @@
 import cupy
 
 from pyflowcore.cuda import _launch
+from pyflowcore.cuda._engine import Engine
 from pyflowcore.cuda._launch import i32, i64, odd
 from pyflowcore.cuda._module import kernel
 
 
-class CholeskyEngine:
+class CholeskyEngine(Engine):
     def __init__(self, flow):
         self.n_order = flow.n
         self.dim = flow.dim
@@ -30,7 +31,8 @@ class CholeskyEngine:
              i32(in_smem), i32(stride)),
             shared_mem=smem)
 
-    def _vjp(self, inverse, v, grad_out, grad_log_det, grad_in):
+    def _vjp(self, inverse, v, grad_out, grad_log_det, grad_in, grad_params):
+        # CholeskyProduct has no parameters: grad_params is empty.
         n = v.shape[0]
         if n == 0:
             return
@@ -43,14 +45,3 @@ class CholeskyEngine:
              grad_in, rows_g, i32(in_smem), i32(stride), i32(ld)),
             shared_mem=smem)
 
-    def _forward(self, z, x, log_det):
-        self._transform(False, z, x, log_det)
-
-    def _inverse(self, x, z, log_det):
-        self._transform(True, x, z, log_det)
-
-    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
-        self._vjp(False, z, grad_x, grad_log_det, grad_z)
-
-    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
-        self._vjp(True, x, grad_z, grad_log_det, grad_x)

@@ -24,6 +24,7 @@ depend on.
 import cupy
 import numpy as np
 
+from pyflowcore.cuda._engine import Engine
 from pyflowcore.cuda._launch import i32, i64
 from pyflowcore.cuda._module import kernel, sm_count
 
@@ -31,7 +32,7 @@ CHUNK_BYTES = 512 * 1024 * 1024
 THREADS = 256
 
 
-class RealNVPEngine:
+class RealNVPEngine(Engine):
     def __init__(self, flow):
         self._flow = flow
         self.dtype = flow.dtype
@@ -138,12 +139,6 @@ class RealNVPEngine:
                 _, st = self._nets_forward(zp, W1, b1, hidden, Ao)
                 self._coupling(inverse, m, st, bias_o, x, ld, k > 0)
 
-    def _forward(self, z, x, log_det):
-        self._transform(False, z, x, log_det)
-
-    def _inverse(self, x, z, log_det):
-        self._transform(True, x, z, log_det)
-
     # -- vector-Jacobian products ----------------------------------------------
     def _vjp(self, inverse, v, grad_out, grad_log_det, grad_in, grad_params):
         n = v.shape[0]
@@ -226,8 +221,3 @@ class RealNVPEngine:
                 net[ao:ao + D * U].reshape(D, U)[self._changed_d[m]] = a_Ao[k]
                 net[bo:bo + D][self._changed_d[m]] = a_bo[k * c:(k + 1) * c]
 
-    def _backward(self, z, grad_x, grad_log_det, grad_z, grad_params):
-        self._vjp(False, z, grad_x, grad_log_det, grad_z, grad_params)
-
-    def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
-        self._vjp(True, x, grad_z, grad_log_det, grad_x, grad_params)
