@@ -52,7 +52,7 @@ converts no Python sequences.
 import numpy as np
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
@@ -311,7 +311,7 @@ cdef class RowwiseRun:
         cdef Py_ssize_t num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
         cdef int k, K = self.K, dim = self.dim, level, failed = 0
         cdef floating ld
-        cdef floating* scratch
+        cdef floating* scratch = NULL
         if n < SMALL_BATCH:
             for i in range(n):
                 ld = layer_forward_row(self.kinds[0], work, dim, z + i * dim, x + i * dim)
@@ -332,16 +332,18 @@ cdef class RowwiseRun:
                                     x + lo * dim, log_det + lo, scratch)
             free(scratch)
             return 0
-        for blk in prange(num_blocks, schedule="static"):
+        # One scratch block per thread, not per block of rows.
+        with parallel():
             scratch = <floating*>malloc(chain_block_scratch_size(dim) * sizeof(floating))
-            if scratch == NULL:
-                failed += 1
-            else:
-                lo = blk * BLOCK_ROWS
-                chain_forward_block(level, self.kinds, work, self.work_offsets, K, dim,
-                                    min(<Py_ssize_t>BLOCK_ROWS, n - lo), z + lo * dim,
-                                    x + lo * dim, log_det + lo, scratch)
-                free(scratch)
+            for blk in prange(num_blocks, schedule="static"):
+                if scratch == NULL:
+                    failed += 1
+                else:
+                    lo = blk * BLOCK_ROWS
+                    chain_forward_block(level, self.kinds, work, self.work_offsets, K, dim,
+                                        min(<Py_ssize_t>BLOCK_ROWS, n - lo), z + lo * dim,
+                                        x + lo * dim, log_det + lo, scratch)
+            free(scratch)
         return failed
 
     cdef void _inverse_ptr(self, const floating* work, Py_ssize_t n, const floating* x,
@@ -404,9 +406,9 @@ cdef class RowwiseRun:
                    const floating[:, ::1] grad_out, const floating[::1] grad_log_det,
                    floating[:, ::1] grad_in, floating[::1] grad_params) except *:
         cdef Py_ssize_t n = v.shape[0], nc = num_chunks(n), c, i, j, lo, hi, rows
-        cdef int k, K = self.K, dim = self.dim, level
+        cdef int k, K = self.K, dim = self.dim, level, failed = 0
         cdef long long acc_size = self.acc_offsets[K]
-        cdef floating* stack      # the K layer inputs of one row
+        cdef floating* stack = NULL   # per thread: the layer inputs of a block or a row
         cdef floating* g
         cdef floating* acc
         cdef floating gld
@@ -422,39 +424,47 @@ cdef class RowwiseRun:
                 partial[j] = 0
             if not inverse_map:
                 level = cpu_level()
-                for c in prange(nc, schedule="dynamic", use_threads_if=n >= MIN_ROWS_PARALLEL):
+                with parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
                     stack = <floating*>malloc(chain_backward_scratch_size(K, dim)
                                               * sizeof(floating))
-                    acc = partial + c * acc_size
-                    hi = chunk_start(n, c + 1, nc)
-                    lo = chunk_start(n, c, nc)
-                    while lo < hi:
-                        rows = min(<Py_ssize_t>BLOCK_ROWS, hi - lo)
-                        chain_backward_block(level, self.kinds, work, self.work_offsets,
-                                             self.acc_offsets, K, dim, rows, &v[lo, 0],
-                                             &grad_out[lo, 0], &grad_log_det[lo],
-                                             &grad_in[lo, 0], acc, stack)
-                        lo = lo + rows
+                    for c in prange(nc, schedule="dynamic"):
+                        if stack == NULL:
+                            failed += 1
+                            continue
+                        acc = partial + c * acc_size
+                        hi = chunk_start(n, c + 1, nc)
+                        lo = chunk_start(n, c, nc)
+                        while lo < hi:
+                            rows = min(<Py_ssize_t>BLOCK_ROWS, hi - lo)
+                            chain_backward_block(level, self.kinds, work, self.work_offsets,
+                                                 self.acc_offsets, K, dim, rows, &v[lo, 0],
+                                                 &grad_out[lo, 0], &grad_log_det[lo],
+                                                 &grad_in[lo, 0], acc, stack)
+                            lo = lo + rows
                     free(stack)
             else:
-                for c in prange(nc, schedule="dynamic", use_threads_if=n >= MIN_ROWS_PARALLEL):
+                with parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
                     stack = <floating*>malloc(K * dim * sizeof(floating))
-                    acc = partial + c * acc_size
-                    for i in range(chunk_start(n, c, nc), chunk_start(n, c + 1, nc)):
-                        g = &grad_in[i, 0]
-                        gld = grad_log_det[i]
-                        memcpy(g, &grad_out[i, 0], dim * sizeof(floating))
-                        memcpy(stack, &v[i, 0], dim * sizeof(floating))
-                        # The inverse runs layer K-1 first: stack[j] = input of the
-                        # inverse of layer K-1-j; VJPs then go from layer 0 up.
-                        for j in range(K - 1):
-                            layer_inverse_row(self.kinds[K - 1 - j],
-                                              work + self.work_offsets[K - 1 - j], dim,
-                                              stack + j * dim, stack + (j + 1) * dim)
-                        for k in range(K):
-                            layer_inverse_backward_row(self.kinds[k], work + self.work_offsets[k],
-                                                       dim, stack + (K - 1 - k) * dim, g, gld, g,
-                                                       acc + self.acc_offsets[k])
+                    for c in prange(nc, schedule="dynamic"):
+                        if stack == NULL:
+                            failed += 1
+                            continue
+                        acc = partial + c * acc_size
+                        for i in range(chunk_start(n, c, nc), chunk_start(n, c + 1, nc)):
+                            g = &grad_in[i, 0]
+                            gld = grad_log_det[i]
+                            memcpy(g, &grad_out[i, 0], dim * sizeof(floating))
+                            memcpy(stack, &v[i, 0], dim * sizeof(floating))
+                            # The inverse runs layer K-1 first: stack[j] = input of the
+                            # inverse of layer K-1-j; VJPs then go from layer 0 up.
+                            for j in range(K - 1):
+                                layer_inverse_row(self.kinds[K - 1 - j],
+                                                  work + self.work_offsets[K - 1 - j], dim,
+                                                  stack + j * dim, stack + (j + 1) * dim)
+                            for k in range(K):
+                                layer_inverse_backward_row(self.kinds[k], work + self.work_offsets[k],
+                                                           dim, stack + (K - 1 - k) * dim, g, gld, g,
+                                                           acc + self.acc_offsets[k])
                     free(stack)
             for c in range(1, nc):
                 for j in range(acc_size):
@@ -466,3 +476,5 @@ cdef class RowwiseRun:
                                   &grad_params[self.param_offsets[k]])
             free(work)
             free(partial)
+        if failed:
+            raise MemoryError()
