@@ -57,9 +57,10 @@ namespace pfc {
 namespace cpu {
 
 /* Rows per block: the block (transposed) and its per-row scratch stay in L1
- * through all layers of a chain.  Every sweep runs over all BLOCK_ROWS rows,
- * a compile-time trip count; a short last block is zero-padded and its
- * padding rows are computed and discarded. */
+ * through all layers of a chain.  Every sweep runs over a compile-time
+ * number of rows: BLOCK_ROWS, or in the forward a quarter or half of it for
+ * a short block, whose rows up to that count are zero-padded, computed and
+ * discarded. */
 enum { BLOCK_ROWS = 128, LANES = 16 };
 
 /* Inside a block the rows are stored transposed, xt[i * BLOCK_ROWS + r] =
@@ -68,9 +69,9 @@ enum { BLOCK_ROWS = 128, LANES = 16 };
 
 /* s[r] = b + sum_i w[i] xt[i, r], LANES rows at a time with the partial sums
  * held in registers. */
-template <typename T>
+template <int R, typename T>
 PFC_VM_INLINE void block_dot(const T* w, T b, int dim, const T* xt, T* s) {
-    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+    for (int r0 = 0; r0 < R; r0 += LANES) {
         T acc[LANES];
         for (int l = 0; l < LANES; ++l) acc[l] = b;
         for (int i = 0; i < dim; ++i) {
@@ -122,7 +123,7 @@ PFC_VM_INLINE void transpose8(V* v) {
 #endif
 
 /* xt[i, r] = z[r, i] for rows r < nrows of the row-major z, 0 beyond. */
-template <typename T>
+template <int R, typename T>
 PFC_VM_INLINE void load_block(const T* z, int dim, index_t nrows, T* xt) {
     index_t r0 = 0;
     int c8 = 0;
@@ -145,7 +146,7 @@ PFC_VM_INLINE void load_block(const T* z, int dim, index_t nrows, T* xt) {
     for (index_t r = r0; r < nrows; ++r) {
         for (int i = 0; i < dim; ++i) PFC_XT(xt, i, r) = z[r * dim + i];
     }
-    for (index_t r = nrows; r < BLOCK_ROWS; ++r) {
+    for (index_t r = nrows; r < R; ++r) {
         for (int i = 0; i < dim; ++i) PFC_XT(xt, i, r) = T(0);
     }
 }
@@ -228,13 +229,13 @@ PFC_VM_INLINE void planar_act_block(const T* s, T* t, T* hp) {
  * is out of vm::log_sum_normal's range (D or 1 + hp c subnormal, huge, inf
  * or NaN: degenerate parameters or a NaN row) are flagged and redone by
  * the row functions. */
-template <typename T>
+template <int R, typename T>
 PFC_VM_INLINE void planar_act_logdet_block(const T* work, int dim, const T* s, T* t, T* log_det,
                                            T* flag) {
     const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
     int nout = 0;
     PFC_SIMD_REDUCE(+ : nout)
-    for (int r = 0; r < BLOCK_ROWS; ++r) {
+    for (int r = 0; r < R; ++r) {
         T tr, hp;
         vm::tanh_sech2(s[r], tr, hp);
         /* log1p(q) while q > -1/2 (relative accuracy far into the tails,
@@ -252,7 +253,7 @@ PFC_VM_INLINE void planar_act_logdet_block(const T* work, int dim, const T* s, T
         t[r] = tr;
     }
     if (nout != 0) {
-        for (int r = 0; r < BLOCK_ROWS; ++r) {
+        for (int r = 0; r < R; ++r) {
             if (flag[r] == T(0)) continue;
             T tr, hp;
             planar_act(s[r], tr, hp);
@@ -262,23 +263,23 @@ PFC_VM_INLINE void planar_act_logdet_block(const T* work, int dim, const T* s, T
 }
 
 /* xt = zt + uhat t^T (xt may be zt). */
-template <typename T>
+template <int R, typename T>
 PFC_VM_INLINE void planar_update_block(const T* uhat, int dim, const T* zt, T* xt, const T* t) {
     for (int i = 0; i < dim; ++i) {
         const T ui = uhat[i];
         const T* zi = zt + (index_t)i * BLOCK_ROWS;
         T* xi = xt + (index_t)i * BLOCK_ROWS;
         PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < BLOCK_ROWS; ++r) xi[r] = zi[r] + ui * t[r];
+        for (int r = 0; r < R; ++r) xi[r] = zi[r] + ui * t[r];
     }
 }
 
 /* xt = zt + uhat t^T and s = w.xt + b (the next layer's), LANES rows at a
  * time with t and the partial sums in registers. */
-template <typename T>
+template <int R, typename T>
 PFC_VM_INLINE void planar_update_dot_block(const T* uhat, int dim, const T* zt, T* xt,
                                            const T* t, const T* w, T b, T* s) {
-    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+    for (int r0 = 0; r0 < R; r0 += LANES) {
         T tl[LANES], acc[LANES];
         for (int l = 0; l < LANES; ++l) {
             tl[l] = t[r0 + l];
@@ -302,14 +303,14 @@ PFC_VM_INLINE void planar_update_dot_block(const T* uhat, int dim, const T* zt, 
 /* The update of planar layer `work`, fused with the next layer's w.x + b
  * into s when that layer (next_kind, next_work) is planar; returns whether
  * it was. */
-template <typename T>
+template <int R, typename T>
 PFC_VM_INLINE bool planar_update_next(const T* work, int dim, const T* zt, T* xt, const T* t,
                                       int next_kind, const T* next_work, T* s) {
     if (next_kind == KIND_PLANAR) {
-        planar_update_dot_block(work, dim, zt, xt, t, next_work + dim, next_work[2 * dim], s);
+        planar_update_dot_block<R>(work, dim, zt, xt, t, next_work + dim, next_work[2 * dim], s);
         return true;
     }
-    planar_update_block(work, dim, zt, xt, t);
+    planar_update_block<R>(work, dim, zt, xt, t);
     return false;
 }
 
@@ -318,7 +319,7 @@ PFC_VM_INLINE bool planar_update_next(const T* work, int dim, const T* zt, T* xt
  * or overflows, or whose log arguments leave vm::log_sum_normal's range
  * (degenerate parameters, NaN rows), are left to the row function, after
  * the sweep. */
-template <bool LD, typename T>
+template <bool LD, int R, typename T>
 PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* xt, T* log_det,
                                         T* scratch) {
     const T alpha = work[0], s = work[1], beta = work[2];
@@ -327,12 +328,12 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
     T* g = scratch + BLOCK_ROWS;
     T* ldk = scratch + 2 * BLOCK_ROWS;
     T* row = scratch + 3 * BLOCK_ROWS;
-    for (int r = 0; r < BLOCK_ROWS; ++r) dist2[r] = T(0);
+    for (int r = 0; r < R; ++r) dist2[r] = T(0);
     for (int i = 0; i < dim; ++i) {
         const T z0i = z0[i];
         const T* zi = zt + (index_t)i * BLOCK_ROWS;
         PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < BLOCK_ROWS; ++r) {
+        for (int r = 0; r < R; ++r) {
             const T di = zi[r] - z0i;
             dist2[r] += di * di;
         }
@@ -342,7 +343,7 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
     const bool multi = dim > 1;
     int nbad = 0;
     PFC_SIMD_REDUCE(+ : nbad)
-    for (int r = 0; r < BLOCK_ROWS; ++r) {
+    for (int r = 0; r < R; ++r) {
         const T ss = dist2[r];
         const T rr = pfc::sqrt(ss);
         const T inv = T(1) / (alpha + rr);
@@ -371,7 +372,7 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
             const T* zi = zt + (index_t)i * BLOCK_ROWS;
             T* xi = xt + (index_t)i * BLOCK_ROWS;
             PFC_VM_PRAGMA_SIMD
-            for (int r = 0; r < BLOCK_ROWS; ++r) xi[r] = z0i + g[r] * (zi[r] - z0i);
+            for (int r = 0; r < R; ++r) xi[r] = z0i + g[r] * (zi[r] - z0i);
         }
     } else {
         /* The flagged rows keep their input through the sweep (xt may be
@@ -381,11 +382,11 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
             const T* zi = zt + (index_t)i * BLOCK_ROWS;
             T* xi = xt + (index_t)i * BLOCK_ROWS;
             PFC_VM_PRAGMA_SIMD
-            for (int r = 0; r < BLOCK_ROWS; ++r) {
+            for (int r = 0; r < R; ++r) {
                 xi[r] = vm::detail::select_(dist2[r] != T(0), zi[r], z0i + g[r] * (zi[r] - z0i));
             }
         }
-        for (int r = 0; r < BLOCK_ROWS; ++r) {
+        for (int r = 0; r < R; ++r) {
             if (dist2[r] == T(0)) continue;
             for (int i = 0; i < dim; ++i) row[i] = PFC_XT(xt, i, r);
             ldk[r] = radial_forward_row(work, dim, row, row);
@@ -393,32 +394,32 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
         }
     }
     if (LD) {
-        for (int r = 0; r < BLOCK_ROWS; ++r) log_det[r] += ldk[r];
+        for (int r = 0; r < R; ++r) log_det[r] += ldk[r];
     }
 }
 
-template <typename T>
+template <int R, typename T>
 PFC_VM_INLINE void scale_forward_block(const T* work, int dim, const T* zt, T* xt, T* log_det) {
     for (int i = 0; i < dim; ++i) {
         const T ai = work[i];
         const T* zi = zt + (index_t)i * BLOCK_ROWS;
         T* xi = xt + (index_t)i * BLOCK_ROWS;
         PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < BLOCK_ROWS; ++r) xi[r] = zi[r] * ai;
+        for (int r = 0; r < R; ++r) xi[r] = zi[r] * ai;
     }
     if (log_det) {
-        for (int r = 0; r < BLOCK_ROWS; ++r) log_det[r] += work[dim];
+        for (int r = 0; r < R; ++r) log_det[r] += work[dim];
     }
 }
 
-template <typename T>
+template <int R, typename T>
 PFC_VM_INLINE void shift_forward_block(const T* work, int dim, const T* zt, T* xt) {
     for (int i = 0; i < dim; ++i) {
         const T bi = work[i];
         const T* zi = zt + (index_t)i * BLOCK_ROWS;
         T* xi = xt + (index_t)i * BLOCK_ROWS;
         PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < BLOCK_ROWS; ++r) xi[r] = zi[r] + bi;
+        for (int r = 0; r < R; ++r) xi[r] = zi[r] + bi;
     }
 }
 
@@ -430,16 +431,16 @@ PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
 
 /* One block of rows through layers [0, K): x = f(z) for rows [0, nrows) of
  * z and x (row-major, nrows <= BLOCK_ROWS), log_det written. */
-template <typename T>
-PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
+template <int R, typename T>
+PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                                             const long long* work_offsets, int K, int dim,
                                             index_t nrows, const T* z, T* x, T* log_det,
                                             T* scratch) {
     T* xt = scratch;
     T* ld = scratch + (index_t)dim * BLOCK_ROWS;
     T* rest = ld + BLOCK_ROWS;
-    load_block(z, dim, nrows, xt);
-    for (int r = 0; r < BLOCK_ROWS; ++r) ld[r] = T(0);
+    load_block<R>(z, dim, nrows, xt);
+    for (int r = 0; r < R; ++r) ld[r] = T(0);
     T* s = rest;
     T* t = rest + BLOCK_ROWS;
     bool have_s = false;   /* s holds this layer's w.z + b */
@@ -449,19 +450,38 @@ PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
         prefetch_next<1>(x, dim, k, K);
         switch (kinds[k]) {
             case KIND_PLANAR:
-                if (!have_s) block_dot(wk + dim, wk[2 * dim], dim, xt, s);
-                planar_act_logdet_block(wk, dim, s, t, ld, t + BLOCK_ROWS);
-                have_s = planar_update_next(wk, dim, xt, xt, t, k + 1 < K ? kinds[k + 1] : -1,
+                if (!have_s) block_dot<R>(wk + dim, wk[2 * dim], dim, xt, s);
+                planar_act_logdet_block<R>(wk, dim, s, t, ld, t + BLOCK_ROWS);
+                have_s = planar_update_next<R>(wk, dim, xt, xt, t, k + 1 < K ? kinds[k + 1] : -1,
                                             work + work_offsets[k + 1], s);
                 break;
-            case KIND_RADIAL: radial_forward_block<true>(wk, dim, xt, xt, ld, rest); break;
-            case KIND_SCALE: scale_forward_block(wk, dim, xt, xt, ld); break;
-            default: shift_forward_block(wk, dim, xt, xt);
+            case KIND_RADIAL: radial_forward_block<true, R>(wk, dim, xt, xt, ld, rest); break;
+            case KIND_SCALE: scale_forward_block<R>(wk, dim, xt, xt, ld); break;
+            default: shift_forward_block<R>(wk, dim, xt, xt);
         }
         if (kinds[k] != KIND_PLANAR) have_s = false;
     }
     store_block(xt, dim, nrows, x);
     for (index_t r = 0; r < nrows; ++r) log_det[r] = ld[r];
+}
+
+/* A short block (a small batch, or a batch's last rows) sweeps only the
+ * rows it has, rounded up to a compile-time count. */
+template <typename T>
+PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
+                                            const long long* work_offsets, int K, int dim,
+                                            index_t nrows, const T* z, T* x, T* log_det,
+                                            T* scratch) {
+    if (nrows <= BLOCK_ROWS / 4) {
+        chain_forward_block_rows<BLOCK_ROWS / 4>(kinds, work, work_offsets, K, dim, nrows, z, x,
+                                                 log_det, scratch);
+    } else if (nrows <= BLOCK_ROWS / 2) {
+        chain_forward_block_rows<BLOCK_ROWS / 2>(kinds, work, work_offsets, K, dim, nrows, z, x,
+                                                 log_det, scratch);
+    } else {
+        chain_forward_block_rows<BLOCK_ROWS>(kinds, work, work_offsets, K, dim, nrows, z, x,
+                                             log_det, scratch);
+    }
 }
 
 /* -- backward ---------------------------------------------------------------
@@ -487,7 +507,7 @@ PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T*
     const T* w = work + dim;
     const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
     T* ds = scratch;
-    block_dot(uhat, T(0), dim, gt, ds);     /* g.uhat, for now */
+    block_dot<BLOCK_ROWS>(uhat, T(0), dim, gt, ds);     /* g.uhat, for now */
     T sum_gc = T(0), sum_ds = T(0);
     PFC_SIMD_REDUCE(+ : sum_gc, sum_ds)
     for (int r = 0; r < BLOCK_ROWS; ++r) {
@@ -635,8 +655,8 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
     T* act = gt + stride;                    /* t and hp of each planar layer */
     T* gld = act + 2 * (index_t)K * BLOCK_ROWS;
     T* tmp = gld + BLOCK_ROWS;               /* 4 * BLOCK_ROWS + 3 * dim */
-    load_block(z, dim, nrows, stack);
-    load_block(grad_x, dim, nrows, gt);
+    load_block<BLOCK_ROWS>(z, dim, nrows, stack);
+    load_block<BLOCK_ROWS>(grad_x, dim, nrows, gt);
     for (index_t r = 0; r < BLOCK_ROWS; ++r) gld[r] = r < nrows ? grad_log_det[r] : T(0);
     bool have_s = false;   /* act[k] holds layer k's w.z + b */
     for (int k = 0; k < K; ++k) {
@@ -644,7 +664,7 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
         T* in = stack + k * stride;
         T* t = act + 2 * (index_t)k * BLOCK_ROWS;
         if (kinds[k] == KIND_PLANAR) {
-            if (!have_s) block_dot(wk + dim, wk[2 * dim], dim, in, t);
+            if (!have_s) block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, t);
             planar_act_block(t, t, t + BLOCK_ROWS);
         }
         have_s = false;
@@ -652,12 +672,12 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
         T* out = in + stride;
         switch (kinds[k]) {
             case KIND_PLANAR:
-                have_s = planar_update_next(wk, dim, in, out, t, kinds[k + 1],
+                have_s = planar_update_next<BLOCK_ROWS>(wk, dim, in, out, t, kinds[k + 1],
                                             work + work_offsets[k + 1], t + 2 * BLOCK_ROWS);
                 break;
-            case KIND_RADIAL: radial_forward_block<false>(wk, dim, in, out, (T*)0, tmp); break;
-            case KIND_SCALE: scale_forward_block(wk, dim, in, out, (T*)0); break;
-            default: shift_forward_block(wk, dim, in, out);
+            case KIND_RADIAL: radial_forward_block<false, BLOCK_ROWS>(wk, dim, in, out, (T*)0, tmp); break;
+            case KIND_SCALE: scale_forward_block<BLOCK_ROWS>(wk, dim, in, out, (T*)0); break;
+            default: shift_forward_block<BLOCK_ROWS>(wk, dim, in, out);
         }
     }
     for (int k = K - 1; k >= 0; --k) {

@@ -68,12 +68,12 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free
 from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from pyflowcore._kernels._parallel cimport (
-    MAX_CHUNKS, MIN_ROWS_PARALLEL, chunk_start, num_chunks)
+    MAX_CHUNKS, MIN_ROWS_PARALLEL, chunk_start, num_chunks, scratch_alloc)
 
 
 cdef extern from "realnvp_cpu.h" namespace "pfc::cpu" nogil:
@@ -422,7 +422,7 @@ def transform(bint inverse, const floating[::1] params, const floating[::1] work
     cdef floating ld
     cdef bint simd = _simd
     with nogil, parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
-        buf = <floating*>malloc(scratch * sizeof(floating))
+        buf = <floating*>scratch_alloc(scratch * sizeof(floating))
         if buf == NULL:
             failed[0] = 1
         zp = buf
@@ -553,7 +553,7 @@ def vjp(bint inverse, const floating[::1] params, const floating[::1] work,
     cdef floating* buf = NULL
     if n > 0:
         with nogil, parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
-            buf = <floating*>malloc(scratch * sizeof(floating))
+            buf = <floating*>scratch_alloc(scratch * sizeof(floating))
             if buf == NULL:
                 failed[0] = 1
             for c in prange(nc, schedule="dynamic"):

@@ -57,7 +57,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from pyflowcore._kernels._parallel cimport (
-    MIN_ROWS_PARALLEL, chunk_start, num_chunks)
+    MIN_ROWS_PARALLEL, chunk_start, num_chunks, scratch_alloc)
 
 cimport numpy as cnp
 
@@ -322,7 +322,7 @@ cdef class RowwiseRun:
             return 0
         level = cpu_level()
         if n < MIN_ROWS_PARALLEL:
-            scratch = <floating*>malloc(chain_block_scratch_size(dim) * sizeof(floating))
+            scratch = <floating*>scratch_alloc(chain_block_scratch_size(dim) * sizeof(floating))
             if scratch == NULL:
                 return 1
             for blk in range(num_blocks):
@@ -334,7 +334,7 @@ cdef class RowwiseRun:
             return 0
         # One scratch block per thread, not per block of rows.
         with parallel():
-            scratch = <floating*>malloc(chain_block_scratch_size(dim) * sizeof(floating))
+            scratch = <floating*>scratch_alloc(chain_block_scratch_size(dim) * sizeof(floating))
             for blk in prange(num_blocks, schedule="static"):
                 if scratch == NULL:
                     failed += 1
@@ -425,7 +425,7 @@ cdef class RowwiseRun:
             if not inverse_map:
                 level = cpu_level()
                 with parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
-                    stack = <floating*>malloc(chain_backward_scratch_size(K, dim)
+                    stack = <floating*>scratch_alloc(chain_backward_scratch_size(K, dim)
                                               * sizeof(floating))
                     for c in prange(nc, schedule="dynamic"):
                         if stack == NULL:

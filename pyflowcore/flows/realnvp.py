@@ -3,6 +3,7 @@
 import numpy as np
 
 from pyflowcore._kernels import realnvp as _k
+from pyflowcore._memory import aligned_empty
 from pyflowcore._validation import check_positive_int, check_rng
 from pyflowcore.flows._base import Flow, glorot_uniform
 
@@ -168,8 +169,8 @@ class RealNVP(Flow):
                 "units": self.units, "dtype": self.dtype.name}
 
     def _work(self):
-        work = np.empty(_k.work_size(self.dim, self.units, self.num_layers, self.num_masks),
-                        dtype=self.dtype)
+        work = aligned_empty(_k.work_size(self.dim, self.units, self.num_layers, self.num_masks),
+                             self.dtype)
         _k.prepare(self._params, self._idx, self._npass, self.units, self.num_layers, work)
         return work
 
