@@ -196,6 +196,10 @@ PFC_VM_INLINE void prefetch_next(const T* p, int width, int k, int parts) {
 #endif
 }
 
+/* a b + c rounded once (an FMA instruction in the AVX2 and AVX-512 copies). */
+PFC_VM_INLINE double fma_(double a, double b, double c) { return __builtin_fma(a, b, c); }
+PFC_VM_INLINE float fma_(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+
 /* Thresholds of the squared distance outside which a radial row is redone
  * by the row function (points within ~1e-146 of z0 or beyond ~1e146). */
 template <typename T>
@@ -259,6 +263,76 @@ PFC_VM_INLINE void planar_act_logdet_block(const T* work, int dim, const T* s, T
             planar_act(s[r], tr, hp);
             log_det[r] += planar_log_d(tr, hp, c, sp);
         }
+    }
+}
+
+/* In a chain with several planar layers the log-determinant is not taken
+ * layer by layer: per row the factors D of its planar layers are multiplied
+ * up and one logarithm per block, at the end, replaces one per layer.  The
+ * product is 2^E P (1 + Q):
+ *   Q collects the factors near 1 (q = hp c > -1/2, D = 1 + q) as
+ *     Q <- Q + q + Q q, so that log1p keeps its relative accuracy when the
+ *     whole product is near 1 (a nearly-identity chain);
+ *   P takes the factors below 1/2 (D = t^2 + hp sp, no cancellation), and
+ *     Q whenever it leaves [-1/2, 1], so 1 + Q never loses digits;
+ *   P is renormalised into [sqrt(1/2), sqrt(2)) every layer, its exponent
+ *     moving to E, so no product over- or underflows.
+ * The rounding error is a few ulps relative in the product, i.e. a few ulps
+ * absolute in the log-determinant, as in a sum of per-layer logarithms.
+ * Rows with a factor outside log_sum_normal's range are flagged and their
+ * layer's log D is added by the row function instead. */
+template <int R, typename T>
+PFC_VM_INLINE void planar_act_product_block(const T* work, int dim, const T* s, T* t,
+                                            T* log_det, T* flag, T* P, T* E, T* Q) {
+    using vm::detail::select_;
+    const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
+    int nout = 0;
+    PFC_SIMD_REDUCE(+ : nout)
+    for (int r = 0; r < R; ++r) {
+        T tr, hp;
+        vm::tanh_sech2(s[r], tr, hp);
+        const T q = hp * c;
+        const bool near_one = q > T(-0.5);
+        const T d_far = tr * tr + hp * sp;
+        const bool ok = vm::log_sum_in_range(select_(near_one, T(1) + q, d_far));
+        const T qr = Q[r];
+        const T qn = select_(near_one & ok, (qr + q) + qr * q, qr);
+        const bool fold = (qn > T(1)) | (qn < T(-0.5));
+        const T factor = select_(fold, T(1) + qn, select_(!near_one & ok, d_far, T(1)));
+        T k, m;
+        vm::detail::log_reduce_normal(P[r] * factor, k, m);
+        P[r] = m;
+        E[r] += k;
+        Q[r] = select_(fold, T(0), qn);
+        flag[r] = select_(ok, T(0), T(1));
+        nout += !ok;
+        t[r] = tr;
+    }
+    if (nout != 0) {
+        for (int r = 0; r < R; ++r) {
+            if (flag[r] == T(0)) continue;
+            T tr, hp;
+            planar_act(s[r], tr, hp);
+            log_det[r] += planar_log_d(tr, hp, c, sp);
+        }
+    }
+}
+
+/* log_det += log(2^E P (1 + Q)), the end of planar_act_product_block's
+ * products: log(u + c) with u = P fl(1 + Q) and c the rounding errors of
+ * 1 + Q and of that product (exact through an FMA), then E ln 2 in two
+ * parts. */
+template <int R, typename T>
+PFC_VM_INLINE void planar_product_flush(T* log_det, const T* P, const T* E, const T* Q) {
+    const T ln2_hi = sizeof(T) == 8 ? T(vm::detail::LOG_LN2_HI_D) : T(vm::detail::LOG_LN2_HI_F);
+    const T ln2_lo = sizeof(T) == 8 ? T(vm::detail::LOG_LN2_LO_D) : T(vm::detail::LOG_LN2_LO_F);
+    PFC_VM_PRAGMA_SIMD
+    for (int r = 0; r < R; ++r) {
+        const T v = T(1) + Q[r];
+        const T cv = Q[r] - (v - T(1));        /* exact: v in [1/2, 2] */
+        const T u = P[r] * v;
+        const T cu = fma_(P[r], v, -u) + P[r] * cv;
+        log_det[r] += E[r] * ln2_hi + (E[r] * ln2_lo + vm::log_sum_normal(u, cu));
     }
 }
 
@@ -423,10 +497,10 @@ PFC_VM_INLINE void shift_forward_block(const T* work, int dim, const T* zt, T* x
     }
 }
 
-/* Scratch values one block needs: the transposed rows, the block's log_det,
- * three per-row values and one row. */
+/* Scratch values one block needs: the transposed rows, the block's log_det
+ * and planar products, three per-row values and one row. */
 PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
-    return (dim + 5) * BLOCK_ROWS + dim;
+    return (dim + 7) * BLOCK_ROWS + dim;
 }
 
 /* One block of rows through layers [0, K): x = f(z) for rows [0, nrows) of
@@ -438,9 +512,19 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                                             T* scratch) {
     T* xt = scratch;
     T* ld = scratch + (index_t)dim * BLOCK_ROWS;
-    T* rest = ld + BLOCK_ROWS;
+    T* prod_p = ld + BLOCK_ROWS;
+    T* prod_e = prod_p + BLOCK_ROWS;
+    T* prod_q = prod_e + BLOCK_ROWS;
+    T* rest = prod_q + BLOCK_ROWS;
     load_block<R>(z, dim, nrows, xt);
-    for (int r = 0; r < R; ++r) ld[r] = T(0);
+    int num_planar = 0;
+    for (int k = 0; k < K; ++k) num_planar += kinds[k] == KIND_PLANAR;
+    const bool product = num_planar > 1;
+    for (int r = 0; r < R; ++r) {
+        ld[r] = T(0);
+        prod_p[r] = T(1);
+        prod_e[r] = prod_q[r] = T(0);
+    }
     T* s = rest;
     T* t = rest + BLOCK_ROWS;
     bool have_s = false;   /* s holds this layer's w.z + b */
@@ -451,7 +535,12 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
         switch (kinds[k]) {
             case KIND_PLANAR:
                 if (!have_s) block_dot<R>(wk + dim, wk[2 * dim], dim, xt, s);
-                planar_act_logdet_block<R>(wk, dim, s, t, ld, t + BLOCK_ROWS);
+                if (product) {
+                    planar_act_product_block<R>(wk, dim, s, t, ld, t + BLOCK_ROWS, prod_p, prod_e,
+                                                prod_q);
+                } else {
+                    planar_act_logdet_block<R>(wk, dim, s, t, ld, t + BLOCK_ROWS);
+                }
                 have_s = planar_update_next<R>(wk, dim, xt, xt, t, k + 1 < K ? kinds[k + 1] : -1,
                                             work + work_offsets[k + 1], s);
                 break;
@@ -461,6 +550,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
         }
         if (kinds[k] != KIND_PLANAR) have_s = false;
     }
+    if (product) planar_product_flush<R>(ld, prod_p, prod_e, prod_q);
     store_block(xt, dim, nrows, x);
     for (index_t r = 0; r < nrows; ++r) log_det[r] = ld[r];
 }
