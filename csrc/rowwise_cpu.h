@@ -30,7 +30,9 @@
  *     division (vm::tanh_sech2, hp keeps its relative accuracy for large
  *     |s|); log D = log1p(hp c) where hp c > -1/2, else log(t^2 + hp sp),
  *     both through one vm::log_sum_normal (log(u) + c/u with u = fl(1 + q)
- *     and c its rounding error is log1p(q)), one more division.
+ *     and c its rounding error is log1p(q)), one more division.  In a chain
+ *     with several planar layers the factors D are multiplied up instead
+ *     and one logarithm per row ends the block (planar_act_product_block).
  *   radial: log g and log g2 (each log1p(beta h) resp. log1p(beta h v) near
  *     1, as radial_eval) share the division of vm::log_sum2_normal.
  * Rows the branch-free forms do not cover are flagged in the simd loop and
