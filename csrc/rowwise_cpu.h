@@ -390,6 +390,25 @@ PFC_VM_INLINE bool planar_update_next(const T* work, int dim, const T* zt, T* xt
     return false;
 }
 
+/* dist2[r] = |xt[:, r] - z0|^2, LANES rows at a time with the partial sums
+ * held in registers. */
+template <int R, typename T>
+PFC_VM_INLINE void block_dist2(const T* z0, int dim, const T* xt, T* dist2) {
+    for (int r0 = 0; r0 < R; r0 += LANES) {
+        T acc[LANES];
+        for (int l = 0; l < LANES; ++l) acc[l] = T(0);
+        for (int i = 0; i < dim; ++i) {
+            const T z0i = z0[i];
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const T di = PFC_XT(xt, i, r0 + l) - z0i;
+                acc[l] += di * di;
+            }
+        }
+        for (int l = 0; l < LANES; ++l) dist2[r0 + l] = acc[l];
+    }
+}
+
 /* Radial: per row the factor g (and with LD the log-determinant, added to
  * log_det), then x = z0 + g (z - z0).  Rows whose squared distance under-
  * or overflows, or whose log arguments leave vm::log_sum_normal's range
@@ -404,16 +423,7 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
     T* g = scratch + BLOCK_ROWS;
     T* ldk = scratch + 2 * BLOCK_ROWS;
     T* row = scratch + 3 * BLOCK_ROWS;
-    for (int r = 0; r < R; ++r) dist2[r] = T(0);
-    for (int i = 0; i < dim; ++i) {
-        const T z0i = z0[i];
-        const T* zi = zt + (index_t)i * BLOCK_ROWS;
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < R; ++r) {
-            const T di = zi[r] - z0i;
-            dist2[r] += di * di;
-        }
-    }
+    block_dist2<R>(z0, dim, zt, dist2);
     const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
     const T dim_minus_1 = T(dim - 1);
     const bool multi = dim > 1;
@@ -506,12 +516,14 @@ PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
 }
 
 /* One block of rows through layers [0, K): x = f(z) for rows [0, nrows) of
- * z and x (row-major, nrows <= BLOCK_ROWS), log_det written. */
+ * z and x (row-major, nrows <= BLOCK_ROWS), log_det written.  With
+ * `prefetch` another block follows and its rows are prefetched meanwhile
+ * (without it, prefetches past the end of a small batch cost it ~1 us). */
 template <int R, typename T>
 PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                                             const long long* work_offsets, int K, int dim,
-                                            index_t nrows, const T* z, T* x, T* log_det,
-                                            T* scratch) {
+                                            index_t nrows, bool prefetch, const T* z, T* x,
+                                            T* log_det, T* scratch) {
     T* xt = scratch;
     T* ld = scratch + (index_t)dim * BLOCK_ROWS;
     T* prod_p = ld + BLOCK_ROWS;
@@ -532,8 +544,10 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
     bool have_s = false;   /* s holds this layer's w.z + b */
     for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
-        prefetch_next<0>(z, dim, k, K);
-        prefetch_next<1>(x, dim, k, K);
+        if (prefetch) {
+            prefetch_next<0>(z, dim, k, K);
+            prefetch_next<1>(x, dim, k, K);
+        }
         switch (kinds[k]) {
             case KIND_PLANAR:
                 if (!have_s) block_dot<R>(wk + dim, wk[2 * dim], dim, xt, s);
@@ -562,17 +576,17 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
 template <typename T>
 PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
                                             const long long* work_offsets, int K, int dim,
-                                            index_t nrows, const T* z, T* x, T* log_det,
-                                            T* scratch) {
+                                            index_t nrows, bool prefetch, const T* z, T* x,
+                                            T* log_det, T* scratch) {
     if (nrows <= BLOCK_ROWS / 4) {
-        chain_forward_block_rows<BLOCK_ROWS / 4>(kinds, work, work_offsets, K, dim, nrows, z, x,
-                                                 log_det, scratch);
+        chain_forward_block_rows<BLOCK_ROWS / 4>(kinds, work, work_offsets, K, dim, nrows, false,
+                                                 z, x, log_det, scratch);
     } else if (nrows <= BLOCK_ROWS / 2) {
-        chain_forward_block_rows<BLOCK_ROWS / 2>(kinds, work, work_offsets, K, dim, nrows, z, x,
-                                                 log_det, scratch);
+        chain_forward_block_rows<BLOCK_ROWS / 2>(kinds, work, work_offsets, K, dim, nrows, false,
+                                                 z, x, log_det, scratch);
     } else {
-        chain_forward_block_rows<BLOCK_ROWS>(kinds, work, work_offsets, K, dim, nrows, z, x,
-                                             log_det, scratch);
+        chain_forward_block_rows<BLOCK_ROWS>(kinds, work, work_offsets, K, dim, nrows, prefetch,
+                                             z, x, log_det, scratch);
     }
 }
 
@@ -733,14 +747,14 @@ PFC_HOSTDEVICE PFC_INLINE long long chain_backward_scratch_size(int K, int dim) 
 
 /* Rows [0, nrows) (nrows <= BLOCK_ROWS) of z, grad_x, grad_log_det: writes
  * grad_z and adds the rows' parameter-gradient contributions to acc (laid
- * out by acc_offsets). */
+ * out by acc_offsets); `prefetch` as in the forward. */
 template <typename T>
 PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                                              const long long* work_offsets,
                                              const long long* acc_offsets, int K, int dim,
-                                             index_t nrows, const T* z, const T* grad_x,
-                                             const T* grad_log_det, T* grad_z, T* acc,
-                                             T* scratch) {
+                                             index_t nrows, bool prefetch, const T* z,
+                                             const T* grad_x, const T* grad_log_det, T* grad_z,
+                                             T* acc, T* scratch) {
     const index_t stride = (index_t)dim * BLOCK_ROWS;
     T* stack = scratch;                      /* K transposed layer inputs */
     T* gt = stack + K * stride;              /* the gradient block */
@@ -776,9 +790,11 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
         const T* wk = work + work_offsets[k];
         const T* zt = stack + k * stride;
         T* acc_k = acc + acc_offsets[k];
-        prefetch_next<0>(z, dim, K - 1 - k, K);
-        prefetch_next<0>(grad_x, dim, K - 1 - k, K);
-        prefetch_next<1>(grad_z, dim, K - 1 - k, K);
+        if (prefetch) {
+            prefetch_next<0>(z, dim, K - 1 - k, K);
+            prefetch_next<0>(grad_x, dim, K - 1 - k, K);
+            prefetch_next<1>(grad_z, dim, K - 1 - k, K);
+        }
         if (kinds[k] == KIND_PLANAR) {
             const T* t = act + 2 * (index_t)k * BLOCK_ROWS;
             planar_backward_block(wk, dim, zt, gt, gld, t, t + BLOCK_ROWS, acc_k, tmp);
@@ -832,15 +848,15 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
 
 PFC_DEFINE_BLOCK_DISPATCH(chain_forward_block,
     (const int* kinds, const T* work, const long long* work_offsets, int K, int dim,
-     index_t nrows, const T* z, T* x, T* log_det, T* scratch),
-    (kinds, work, work_offsets, K, dim, nrows, z, x, log_det, scratch))
+     index_t nrows, bool prefetch, const T* z, T* x, T* log_det, T* scratch),
+    (kinds, work, work_offsets, K, dim, nrows, prefetch, z, x, log_det, scratch))
 
 PFC_DEFINE_BLOCK_DISPATCH(chain_backward_block,
     (const int* kinds, const T* work, const long long* work_offsets,
-     const long long* acc_offsets, int K, int dim, index_t nrows, const T* z,
-     const T* grad_x, const T* grad_log_det, T* grad_z, T* acc, T* scratch),
-    (kinds, work, work_offsets, acc_offsets, K, dim, nrows, z, grad_x, grad_log_det,
-     grad_z, acc, scratch))
+     const long long* acc_offsets, int K, int dim, index_t nrows, bool prefetch,
+     const T* z, const T* grad_x, const T* grad_log_det, T* grad_z, T* acc, T* scratch),
+    (kinds, work, work_offsets, acc_offsets, K, dim, nrows, prefetch, z, grad_x,
+     grad_log_det, grad_z, acc, scratch))
 
 #undef PFC_DEFINE_BLOCK_DISPATCH
 #undef PFC_UNPAREN

@@ -92,11 +92,13 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
     long long chain_backward_scratch_size(int K, int dim)
     void chain_forward_block[T](int level, const int* kinds, const T* work,
                                 const long long* work_offsets, int K, int dim,
-                                Py_ssize_t nrows, const T* z, T* x, T* log_det, T* scratch)
+                                Py_ssize_t nrows, bint prefetch, const T* z, T* x,
+                                T* log_det, T* scratch)
     void chain_backward_block[T](int level, const int* kinds, const T* work,
                                  const long long* work_offsets, const long long* acc_offsets,
-                                 int K, int dim, Py_ssize_t nrows, const T* z, const T* grad_x,
-                                 const T* grad_log_det, T* grad_z, T* acc, T* scratch)
+                                 int K, int dim, Py_ssize_t nrows, bint prefetch, const T* z,
+                                 const T* grad_x, const T* grad_log_det, T* grad_z, T* acc,
+                                 T* scratch)
 
 # Below this many rows the forward takes the row functions: the block kernel
 # always computes a whole (zero-padded) block.
@@ -328,8 +330,8 @@ cdef class RowwiseRun:
             for blk in range(num_blocks):
                 lo = blk * BLOCK_ROWS
                 chain_forward_block(level, self.kinds, work, self.work_offsets, K, dim,
-                                    min(<Py_ssize_t>BLOCK_ROWS, n - lo), z + lo * dim,
-                                    x + lo * dim, log_det + lo, scratch)
+                                    min(<Py_ssize_t>BLOCK_ROWS, n - lo), lo + BLOCK_ROWS < n,
+                                    z + lo * dim, x + lo * dim, log_det + lo, scratch)
             free(scratch)
             return 0
         # One scratch block per thread, not per block of rows.
@@ -341,8 +343,8 @@ cdef class RowwiseRun:
                 else:
                     lo = blk * BLOCK_ROWS
                     chain_forward_block(level, self.kinds, work, self.work_offsets, K, dim,
-                                        min(<Py_ssize_t>BLOCK_ROWS, n - lo), z + lo * dim,
-                                        x + lo * dim, log_det + lo, scratch)
+                                        min(<Py_ssize_t>BLOCK_ROWS, n - lo), lo + BLOCK_ROWS < n,
+                                        z + lo * dim, x + lo * dim, log_det + lo, scratch)
             free(scratch)
         return failed
 
@@ -437,8 +439,8 @@ cdef class RowwiseRun:
                         while lo < hi:
                             rows = min(<Py_ssize_t>BLOCK_ROWS, hi - lo)
                             chain_backward_block(level, self.kinds, work, self.work_offsets,
-                                                 self.acc_offsets, K, dim, rows, &v[lo, 0],
-                                                 &grad_out[lo, 0], &grad_log_det[lo],
+                                                 self.acc_offsets, K, dim, rows, lo + rows < hi,
+                                                 &v[lo, 0], &grad_out[lo, 0], &grad_log_det[lo],
                                                  &grad_in[lo, 0], acc, stack)
                             lo = lo + rows
                     free(stack)
