@@ -91,9 +91,9 @@ PFC_RNVP_TARGET void gemm_tile(index_t K, const T* x, index_t xrs, index_t xks, 
     typedef V<T> S;
     typename S::v acc[R][NV];
     const typename S::m full = S::tail(S::L);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) {
             const typename S::m k = (v == NV - 1) ? last : full;
             acc[r][v] = acc_c ? S::load(c + r * ldc + v * S::L, k)
@@ -103,19 +103,19 @@ PFC_RNVP_TARGET void gemm_tile(index_t K, const T* x, index_t xrs, index_t xks, 
     for (index_t k = 0; k < K; ++k) {
         typename S::v wv[NV];
         const T* wk = w + k * ldw;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) wv[v] = S::load(wk + v * S::L, (v == NV - 1) ? last : full);
         const T* xk = x + k * xks;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
             const typename S::v xb = S::set1(xk[r * xrs]);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
             for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(xb, wv[v], acc[r][v]);
         }
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) {
             S::store(c + r * ldc + v * S::L, acc[r][v], (v == NV - 1) ? last : full);
         }
