@@ -31,8 +31,8 @@
  *     |s|); log D = log1p(hp c) where hp c > -1/2, else log(t^2 + hp sp),
  *     both through one vm::log_sum_normal (log(u) + c/u with u = fl(1 + q)
  *     and c its rounding error is log1p(q)), one more division.  In a chain
- *     with several planar layers the factors D are multiplied up instead
- *     and one logarithm per row ends the block (planar_act_product_block).
+ *     with several planar or radial layers the factors are multiplied up
+ *     instead and one or two logarithms per row end the block (LogProduct).
  *   radial: log g and log g2 (each log1p(beta h) resp. log1p(beta h v) near
  *     1, as radial_eval) share the division of vm::log_sum2_normal.
  * Rows the branch-free forms do not cover are flagged in the simd loop and
@@ -268,24 +268,89 @@ PFC_VM_INLINE void planar_act_logdet_block(const T* work, int dim, const T* s, T
     }
 }
 
-/* In a chain with several planar layers the log-determinant is not taken
- * layer by layer: per row the factors D of its planar layers are multiplied
- * up and one logarithm per block, at the end, replaces one per layer.  The
- * product is 2^E P (1 + Q):
- *   Q collects the factors near 1 (q = hp c > -1/2, D = 1 + q) as
- *     Q <- Q + q + Q q, so that log1p keeps its relative accuracy when the
- *     whole product is near 1 (a nearly-identity chain);
- *   P takes the factors below 1/2 (D = t^2 + hp sp, no cancellation), and
- *     Q whenever it leaves [-1/2, 1], so 1 + Q never loses digits;
+/* Log-determinant products.  In a chain with several planar or radial
+ * layers the log-determinant is not taken layer by layer: per row the
+ * layers' factors (D of a planar layer; g, with weight dim - 1, and g2 of a
+ * radial one) are multiplied up, and one or two logarithms per row end the
+ * block, instead of one or two per layer.  A product is 2^E P (1 + Q):
+ *   Q collects the factors near 1 (1 + q with q > -1/2) as Q <- Q + q + Q q,
+ *     so that log1p keeps its relative accuracy when the whole product is
+ *     near 1 (a nearly-identity chain);
+ *   P takes the factors below 1/2, given in a form without cancellation
+ *     (planar t^2 + hp sp, radial (alpha + beta + r) / (alpha + r)), and Q
+ *     whenever it leaves [-1/2, 1], so 1 + Q never loses digits;
  *   P is renormalised into [sqrt(1/2), sqrt(2)) every layer, its exponent
  *     moving to E, so no product over- or underflows.
  * The rounding error is a few ulps relative in the product, i.e. a few ulps
  * absolute in the log-determinant, as in a sum of per-layer logarithms.
- * Rows with a factor outside log_sum_normal's range are flagged and their
- * layer's log D is added by the row function instead. */
+ * Rows with a factor outside log_sum_normal's range are flagged (ok false:
+ * the product is left alone) and their layer's log-determinant is added by
+ * the row function instead. */
+template <typename T>
+struct LogProduct {
+    T* p;
+    T* e;
+    T* q;
+};
+
+template <int R, typename T>
+PFC_VM_INLINE void log_product_init(LogProduct<T> a) {
+    for (int r = 0; r < R; ++r) {
+        a.p[r] = T(1);
+        a.e[r] = a.q[r] = T(0);
+    }
+}
+
+/* Row r of a times 1 + q (near_one) or d_far (otherwise), unless !ok. */
+template <typename T>
+PFC_VM_INLINE void log_product_mul(LogProduct<T> a, int r, T q, T d_far, bool near_one, bool ok) {
+    using vm::detail::select_;
+    const T qr = a.q[r];
+    const T qn = select_(near_one & ok, (qr + q) + qr * q, qr);
+    const bool fold = (qn > T(1)) | (qn < T(-0.5));
+    const T factor = select_(fold, T(1) + qn, select_(!near_one & ok, d_far, T(1)));
+    T k, m;
+    vm::detail::log_reduce_normal(a.p[r] * factor, k, m);
+    a.p[r] = m;
+    a.e[r] += k;
+    a.q[r] = select_(fold, T(0), qn);
+}
+
+/* log(2^E P (1 + Q)) of row r: log(u + c) with u = P fl(1 + Q) and c the
+ * rounding errors of 1 + Q and of that product (exact through an FMA), then
+ * E ln 2 in two parts. */
+template <typename T>
+PFC_VM_INLINE T log_product_log(LogProduct<T> a, int r) {
+    const T ln2_hi = sizeof(T) == 8 ? T(vm::detail::LOG_LN2_HI_D) : T(vm::detail::LOG_LN2_HI_F);
+    const T ln2_lo = sizeof(T) == 8 ? T(vm::detail::LOG_LN2_LO_D) : T(vm::detail::LOG_LN2_LO_F);
+    const T p = a.p[r], e = a.e[r], q = a.q[r];
+    const T v = T(1) + q;
+    const T cv = q - (v - T(1));        /* exact: v in [1/2, 2] */
+    const T u = p * v;
+    const T cu = fma_(p, v, -u) + p * cv;
+    return e * ln2_hi + (e * ln2_lo + vm::log_sum_normal(u, cu));
+}
+
+/* log_det += log(ones) + weight log(weighted) for every row (the second
+ * term only with `weighted_used`). */
+template <int R, typename T>
+PFC_VM_INLINE void log_product_flush(T* log_det, LogProduct<T> ones, LogProduct<T> weighted,
+                                     T weight, bool weighted_used) {
+    if (weighted_used) {
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < R; ++r) {
+            log_det[r] += log_product_log(ones, r) + weight * log_product_log(weighted, r);
+        }
+    } else {
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < R; ++r) log_det[r] += log_product_log(ones, r);
+    }
+}
+
+/* planar_act_logdet_block with the factors D multiplied into `prod`. */
 template <int R, typename T>
 PFC_VM_INLINE void planar_act_product_block(const T* work, int dim, const T* s, T* t,
-                                            T* log_det, T* flag, T* P, T* E, T* Q) {
+                                            T* log_det, T* flag, LogProduct<T> prod) {
     using vm::detail::select_;
     const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
     int nout = 0;
@@ -297,15 +362,7 @@ PFC_VM_INLINE void planar_act_product_block(const T* work, int dim, const T* s, 
         const bool near_one = q > T(-0.5);
         const T d_far = tr * tr + hp * sp;
         const bool ok = vm::log_sum_in_range(select_(near_one, T(1) + q, d_far));
-        const T qr = Q[r];
-        const T qn = select_(near_one & ok, (qr + q) + qr * q, qr);
-        const bool fold = (qn > T(1)) | (qn < T(-0.5));
-        const T factor = select_(fold, T(1) + qn, select_(!near_one & ok, d_far, T(1)));
-        T k, m;
-        vm::detail::log_reduce_normal(P[r] * factor, k, m);
-        P[r] = m;
-        E[r] += k;
-        Q[r] = select_(fold, T(0), qn);
+        log_product_mul(prod, r, q, d_far, near_one, ok);
         flag[r] = select_(ok, T(0), T(1));
         nout += !ok;
         t[r] = tr;
@@ -317,24 +374,6 @@ PFC_VM_INLINE void planar_act_product_block(const T* work, int dim, const T* s, 
             planar_act(s[r], tr, hp);
             log_det[r] += planar_log_d(tr, hp, c, sp);
         }
-    }
-}
-
-/* log_det += log(2^E P (1 + Q)), the end of planar_act_product_block's
- * products: log(u + c) with u = P fl(1 + Q) and c the rounding errors of
- * 1 + Q and of that product (exact through an FMA), then E ln 2 in two
- * parts. */
-template <int R, typename T>
-PFC_VM_INLINE void planar_product_flush(T* log_det, const T* P, const T* E, const T* Q) {
-    const T ln2_hi = sizeof(T) == 8 ? T(vm::detail::LOG_LN2_HI_D) : T(vm::detail::LOG_LN2_HI_F);
-    const T ln2_lo = sizeof(T) == 8 ? T(vm::detail::LOG_LN2_LO_D) : T(vm::detail::LOG_LN2_LO_F);
-    PFC_VM_PRAGMA_SIMD
-    for (int r = 0; r < R; ++r) {
-        const T v = T(1) + Q[r];
-        const T cv = Q[r] - (v - T(1));        /* exact: v in [1/2, 2] */
-        const T u = P[r] * v;
-        const T cu = fma_(P[r], v, -u) + P[r] * cv;
-        log_det[r] += E[r] * ln2_hi + (E[r] * ln2_lo + vm::log_sum_normal(u, cu));
     }
 }
 
@@ -414,9 +453,10 @@ PFC_VM_INLINE void block_dist2(const T* z0, int dim, const T* xt, T* dist2) {
  * or overflows, or whose log arguments leave vm::log_sum_normal's range
  * (degenerate parameters, NaN rows), are left to the row function, after
  * the sweep. */
-template <bool LD, int R, typename T>
+template <bool LD, int R, bool PROD = false, typename T>
 PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* xt, T* log_det,
-                                        T* scratch) {
+                                        T* scratch, LogProduct<T> prod_g = LogProduct<T>(),
+                                        LogProduct<T> prod_g2 = LogProduct<T>()) {
     const T alpha = work[0], s = work[1], beta = work[2];
     const T* z0 = work + 3;
     T* dist2 = scratch;
@@ -442,11 +482,18 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
             const bool n1 = q > T(-0.5), n2 = q2 > T(-0.5);
             const T u1 = T(1) + q, u2 = T(1) + q2;
             const T a1 = vm::detail::select_(n1, u1, gr), a2 = vm::detail::select_(n2, u2, g2);
-            T l1, l2;
-            vm::log_sum2_normal(a1, vm::detail::select_(n1, q - (u1 - T(1)), T(0)),
-                                a2, vm::detail::select_(n2, q2 - (u2 - T(1)), T(0)), l1, l2);
-            ldk[r] = vm::detail::select_(multi, dim_minus_1 * l1, T(0)) + l2;
             bad = bad | !(vm::log_sum_in_range(a1) & vm::log_sum_in_range(a2));
+            if (PROD) {
+                /* g only matters with weight dim - 1 > 0 */
+                log_product_mul(prod_g, r, q, gr, n1, multi & !bad);
+                log_product_mul(prod_g2, r, q2, g2, n2, !bad);
+                ldk[r] = T(0);
+            } else {
+                T l1, l2;
+                vm::log_sum2_normal(a1, vm::detail::select_(n1, q - (u1 - T(1)), T(0)),
+                                    a2, vm::detail::select_(n2, q2 - (u2 - T(1)), T(0)), l1, l2);
+                ldk[r] = vm::detail::select_(multi, dim_minus_1 * l1, T(0)) + l2;
+            }
         }
         g[r] = gr;
         nbad += bad;
@@ -510,9 +557,9 @@ PFC_VM_INLINE void shift_forward_block(const T* work, int dim, const T* zt, T* x
 }
 
 /* Scratch values one block needs: the transposed rows, the block's log_det
- * and planar products, three per-row values and one row. */
+ * and its two log-determinant products, three per-row values and one row. */
 PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
-    return (dim + 7) * BLOCK_ROWS + dim;
+    return (dim + 10) * BLOCK_ROWS + dim;
 }
 
 /* One block of rows through layers [0, K): x = f(z) for rows [0, nrows) of
@@ -526,18 +573,22 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                                             T* log_det, T* scratch) {
     T* xt = scratch;
     T* ld = scratch + (index_t)dim * BLOCK_ROWS;
-    T* prod_p = ld + BLOCK_ROWS;
-    T* prod_e = prod_p + BLOCK_ROWS;
-    T* prod_q = prod_e + BLOCK_ROWS;
-    T* rest = prod_q + BLOCK_ROWS;
+    /* factors of weight 1 (planar D, radial g2) and dim - 1 (radial g) */
+    const LogProduct<T> ones = {ld + BLOCK_ROWS, ld + 2 * BLOCK_ROWS, ld + 3 * BLOCK_ROWS};
+    const LogProduct<T> weighted = {ld + 4 * BLOCK_ROWS, ld + 5 * BLOCK_ROWS,
+                                    ld + 6 * BLOCK_ROWS};
+    T* rest = ld + 7 * BLOCK_ROWS;
     load_block<R>(z, dim, nrows, xt);
-    int num_planar = 0;
-    for (int k = 0; k < K; ++k) num_planar += kinds[k] == KIND_PLANAR;
-    const bool product = num_planar > 1;
-    for (int r = 0; r < R; ++r) {
-        ld[r] = T(0);
-        prod_p[r] = T(1);
-        prod_e[r] = prod_q[r] = T(0);
+    int num_planar = 0, num_radial = 0;
+    for (int k = 0; k < K; ++k) {
+        num_planar += kinds[k] == KIND_PLANAR;
+        num_radial += kinds[k] == KIND_RADIAL;
+    }
+    const bool product = num_planar + num_radial > 1;
+    for (int r = 0; r < R; ++r) ld[r] = T(0);
+    if (product) {
+        log_product_init<R>(ones);
+        log_product_init<R>(weighted);
     }
     T* s = rest;
     T* t = rest + BLOCK_ROWS;
@@ -552,21 +603,26 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
             case KIND_PLANAR:
                 if (!have_s) block_dot<R>(wk + dim, wk[2 * dim], dim, xt, s);
                 if (product) {
-                    planar_act_product_block<R>(wk, dim, s, t, ld, t + BLOCK_ROWS, prod_p, prod_e,
-                                                prod_q);
+                    planar_act_product_block<R>(wk, dim, s, t, ld, t + BLOCK_ROWS, ones);
                 } else {
                     planar_act_logdet_block<R>(wk, dim, s, t, ld, t + BLOCK_ROWS);
                 }
                 have_s = planar_update_next<R>(wk, dim, xt, xt, t, k + 1 < K ? kinds[k + 1] : -1,
                                             work + work_offsets[k + 1], s);
                 break;
-            case KIND_RADIAL: radial_forward_block<true, R>(wk, dim, xt, xt, ld, rest); break;
+            case KIND_RADIAL:
+                if (product) {
+                    radial_forward_block<true, R, true>(wk, dim, xt, xt, ld, rest, weighted, ones);
+                } else {
+                    radial_forward_block<true, R>(wk, dim, xt, xt, ld, rest);
+                }
+                break;
             case KIND_SCALE: scale_forward_block<R>(wk, dim, xt, xt, ld); break;
             default: shift_forward_block<R>(wk, dim, xt, xt);
         }
         if (kinds[k] != KIND_PLANAR) have_s = false;
     }
-    if (product) planar_product_flush<R>(ld, prod_p, prod_e, prod_q);
+    if (product) log_product_flush<R>(ld, ones, weighted, T(dim - 1), num_radial > 0);
     store_block(xt, dim, nrows, x);
     for (index_t r = 0; r < nrows; ++r) log_det[r] = ld[r];
 }
