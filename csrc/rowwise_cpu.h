@@ -85,6 +85,22 @@ PFC_VM_INLINE void block_dot(const T* w, T b, int dim, const T* xt, T* s) {
     }
 }
 
+/* The sum of a[0 .. LANES), pairwise (a is overwritten).  Sums over a
+ * block's rows are kept as LANES partial sums and folded here: a plain
+ * `omp simd reduction` of a float leaves gcc, which may not reassociate,
+ * adding the vector's lanes one after another, a chain of LANES dependent
+ * additions per sum that made the backward sweeps three times slower. */
+template <int H, typename T>
+PFC_VM_INLINE void lane_fold(T* a) {
+    for (int l = 0; l < H; ++l) a[l] += a[l + H];
+    if (H > 1) lane_fold<(H > 1 ? H / 2 : 1)>(a);
+}
+template <typename T>
+PFC_VM_INLINE T lane_sum(T* a) {
+    lane_fold<LANES / 2>(a);
+    return a[0];
+}
+
 /* -- transposes -------------------------------------------------------------
  *
  * Rows enter and leave a block through 8 x 8 tiles transposed in registers
@@ -670,33 +686,40 @@ PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T*
     const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
     T* ds = scratch;
     block_dot<BLOCK_ROWS>(uhat, T(0), dim, gt, ds);     /* g.uhat, for now */
-    T sum_gc = T(0), sum_ds = T(0);
-    PFC_SIMD_REDUCE(+ : sum_gc, sum_ds)
-    for (int r = 0; r < BLOCK_ROWS; ++r) {
-        const T tr = t[r], hr = hp[r];
-        const T g_c = gld[r] * hr / (tr * tr + hr * sp);     /* dL/dc */
-        const T d_s = hr * ds[r] - T(2) * g_c * c * tr;      /* dL/ds */
-        ds[r] = d_s;
-        sum_gc += g_c;
-        sum_ds += d_s;
+    T sum_gc[LANES] = {}, sum_ds[LANES] = {};
+    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+        PFC_VM_PRAGMA_SIMD
+        for (int l = 0; l < LANES; ++l) {
+            const int r = r0 + l;
+            const T tr = t[r], hr = hp[r];
+            const T g_c = gld[r] * hr / (tr * tr + hr * sp);     /* dL/dc */
+            const T d_s = hr * ds[r] - T(2) * g_c * c * tr;      /* dL/ds */
+            ds[r] = d_s;
+            sum_gc[l] += g_c;
+            sum_ds[l] += d_s;
+        }
     }
+    const T g_c = lane_sum(sum_gc);
     T* acc_u = acc;
     T* acc_w = acc + dim;
     for (int i = 0; i < dim; ++i) {
         T* gi = gt + (index_t)i * BLOCK_ROWS;
         const T* zi = zt + (index_t)i * BLOCK_ROWS;
         const T wi = w[i];
-        T au = T(0), aw = T(0);
-        PFC_SIMD_REDUCE(+ : au, aw)
-        for (int r = 0; r < BLOCK_ROWS; ++r) {
-            au += t[r] * gi[r];
-            aw += ds[r] * zi[r];
-            gi[r] += ds[r] * wi;
+        T au[LANES] = {}, aw[LANES] = {};
+        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const int r = r0 + l;
+                au[l] += t[r] * gi[r];
+                aw[l] += ds[r] * zi[r];
+                gi[r] += ds[r] * wi;
+            }
         }
-        acc_u[i] += au + sum_gc * wi;
-        acc_w[i] += aw + sum_gc * uhat[i];
+        acc_u[i] += lane_sum(au) + g_c * wi;
+        acc_w[i] += lane_sum(aw) + g_c * uhat[i];
     }
-    acc[2 * dim] += sum_ds;
+    acc[2 * dim] += lane_sum(sum_ds);
 }
 
 /* radial_backward_row for the block, with P = g_x.(z - z0):
@@ -730,10 +753,12 @@ PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T*
     }
     const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
     const T dim_minus_1 = T(dim - 1), dim_plus_1 = T(dim + 1);
-    T sum_a = T(0), sum_s = T(0);
+    T sum_a[LANES] = {}, sum_s[LANES] = {};
     int nbad = 0;
-    PFC_SIMD_REDUCE(+ : sum_a, sum_s, nbad)
-    for (int r = 0; r < BLOCK_ROWS; ++r) {
+    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+      PFC_SIMD_REDUCE(+ : nbad)
+      for (int l = 0; l < LANES; ++l) {
+        const int r = r0 + l;
         const T ss = dist2[r], P = pg[r], gl = gld[r];
         const T rr = pfc::sqrt(ss);
         const T inv = T(1) / (alpha + rr);
@@ -746,39 +771,33 @@ PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T*
         const T d_alpha = -g * inv * P + gl * ((T(2) * u + s * inv) * inv * ig2 - dim_plus_1 * inv);
         const T d_s = inv * P + gl * (w1 + vh_g2);
         const bool bad = (ss < tiny) | (ss > huge);
-        sum_a += vm::detail::select_(bad, T(0), d_alpha);
-        sum_s += vm::detail::select_(bad, T(0), d_s);
+        sum_a[l] += vm::detail::select_(bad, T(0), d_alpha);
+        sum_s[l] += vm::detail::select_(bad, T(0), d_s);
         nbad += bad;
         pg[r] = g;
         cr[r] = c / rr;
         dist2[r] = vm::detail::select_(bad, T(1), T(0));
+      }
     }
-    acc[0] += sum_a;
-    acc[1] += sum_s;
+    acc[0] += lane_sum(sum_a);
+    acc[1] += lane_sum(sum_s);
     for (int i = 0; i < dim; ++i) {
         const T z0i = z0[i];
         const T* zi = zt + (index_t)i * BLOCK_ROWS;
         T* gi = gt + (index_t)i * BLOCK_ROWS;
-        T a = T(0);
-        if (nbad == 0) {
-            PFC_SIMD_REDUCE(+ : a)
-            for (int r = 0; r < BLOCK_ROWS; ++r) {
+        T a[LANES] = {};
+        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const int r = r0 + l;
                 const T gx = gi[r];
                 const T gz = pg[r] * gx + cr[r] * (zi[r] - z0i);
-                a += gx - gz;
-                gi[r] = gz;
-            }
-        } else {
-            PFC_SIMD_REDUCE(+ : a)
-            for (int r = 0; r < BLOCK_ROWS; ++r) {
-                const T gx = gi[r];
-                const T gz = vm::detail::select_(dist2[r] != T(0), gx,
-                                                 pg[r] * gx + cr[r] * (zi[r] - z0i));
-                a += gx - gz;
-                gi[r] = gz;
+                const T gz_kept = nbad == 0 ? gz : vm::detail::select_(dist2[r] != T(0), gx, gz);
+                a[l] += gx - gz_kept;
+                gi[r] = gz_kept;
             }
         }
-        acc[2 + i] += a;
+        acc[2 + i] += lane_sum(a);
     }
     if (nbad != 0) {
         T* zr = row;
