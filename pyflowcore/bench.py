@@ -52,14 +52,16 @@ Workloads (dim 16; N = 65,536, or ``--quick``'s smaller N shown in the
 table): W1 16 planar layers, forward + log-det; W2 the same, forward and the
 gradient of ``mean(log_det + ||x||^2)`` with respect to all parameters
 (pyflowcore: ``forward`` then ``backward(z, 2x/N, 1/N)``, which also returns
-the gradient with respect to ``z``, with the batch-sized arrays allocated
-once and reused through ``out=`` as in a training loop; the peers: autograd / ``jax.value_and_grad``,
+the gradient with respect to ``z``; the peers: autograd / ``jax.value_and_grad``,
 NumPy: the hand-written VJP of ``_peers``); W3 16 radial layers and W4 Real
 NVP (8 masks, 2 hidden layers of 64 tanh units), each forward + log-det and
 forward + gradient (no NumPy gradient: it would need a hand-written VJP);
 W5 one planar layer at N = 1 and 64, time per call; W6 ``log_prob`` of the
 16-layer planar chain through its inverse (NumPy: vectorised safeguarded
 Newton; PyTorch and JAX have no closed-form planar inverse and are skipped).
+From ``REUSE_MIN_ROWS`` rows on, pyflowcore's forward and gradient reuse
+their batch-sized arrays through ``out=`` between calls, as a loop over
+batches would; the peers allocate as their libraries do.
 
 The report ends with this machine's limits, measured the same way: memory
 copy bandwidth (``np.copyto``), GEMM throughput at Real NVP's hidden-layer
@@ -205,6 +207,13 @@ class Backend:
         return ""
 
 
+# From this many rows on, pyflowcore's batch-sized outputs are allocated once
+# and reused through out=, as a loop over batches or a training loop would
+# (fresh pages cost ~5 us each on the project's VM); below, allocating costs
+# less than checking out= arrays.
+REUSE_MIN_ROWS = 1024
+
+
 class PyflowcoreBackend(Backend):
     name = "pyflowcore"
 
@@ -214,14 +223,15 @@ class PyflowcoreBackend(Backend):
 
     def prepare(self, problem):
         flow, pts, task = problem.flow, problem.points, problem.workload.task
+        n = pts.shape[0]
         if task == "forward":
-            return Prepared(lambda: flow.forward(pts), _as_numpy)
+            if n < REUSE_MIN_ROWS:
+                return Prepared(lambda: flow.forward(pts), _as_numpy)
+            x, log_det = np.empty_like(pts), np.empty(n, dtype=pts.dtype)
+            return Prepared(lambda: flow.forward(pts, out=(x, log_det)), _as_numpy)
         if task == "grad":
-            # As a training loop would: the batch-sized arrays are allocated
-            # once and reused through out= (fresh pages cost ~5 us each on
-            # this VM).  The sum of squares is NumPy's own loop, not a BLAS
-            # dot, whose thread pool would spin against pyflowcore's.
-            n = pts.shape[0]
+            # The sum of squares is NumPy's own loop, not a BLAS dot, whose
+            # thread pool would spin against pyflowcore's.
             two_over_n, one_over_n = problem.dtype.type(2.0 / n), problem.dtype.type(1.0 / n)
             x, log_det = np.empty_like(pts), np.empty(n, dtype=pts.dtype)
             grad_x, grad_z = np.empty_like(pts), np.empty_like(pts)
