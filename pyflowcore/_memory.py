@@ -7,7 +7,7 @@ CACHE_LINE = 64
 
 def aligned_empty(size, dtype):
     """An uninitialised 1-D array of ``size`` elements whose data starts on a
-    64-byte boundary.
+    64-byte boundary (when there is any data).
 
     NumPy only guarantees 16 bytes; the kernels read weight matrices held in
     such arrays with 64-byte vector loads, which straddle two cache lines
