@@ -247,43 +247,6 @@ PFC_VM_INLINE void planar_act_block(const T* s, T* t, T* hp) {
     }
 }
 
-/* t = tanh(s) and log_det += log D for every row.  Rows whose log argument
- * is out of vm::log_sum_normal's range (D or 1 + hp c subnormal, huge, inf
- * or NaN: degenerate parameters or a NaN row) are flagged and redone by
- * the row functions. */
-template <int R, typename T>
-PFC_VM_INLINE void planar_act_logdet_block(const T* work, int dim, const T* s, T* t, T* log_det,
-                                           T* flag) {
-    const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
-    int nout = 0;
-    PFC_SIMD_REDUCE(+ : nout)
-    for (int r = 0; r < R; ++r) {
-        T tr, hp;
-        vm::tanh_sech2(s[r], tr, hp);
-        /* log1p(q) while q > -1/2 (relative accuracy far into the tails,
-         * D -> 1), log of the sum of squares below (D -> 0 without
-         * cancellation): one log_sum of the selected pair. */
-        const T q = hp * c;
-        const bool near_one = q > T(-0.5);
-        const T u1 = T(1) + q;
-        const T u = vm::detail::select_(near_one, u1, tr * tr + hp * sp);
-        const T cu = vm::detail::select_(near_one, q - (u1 - T(1)), T(0));
-        const bool ok = vm::log_sum_in_range(u);
-        log_det[r] += vm::detail::select_(ok, vm::log_sum_normal(u, cu), T(0));
-        flag[r] = vm::detail::select_(ok, T(0), T(1));
-        nout += !ok;
-        t[r] = tr;
-    }
-    if (nout != 0) {
-        for (int r = 0; r < R; ++r) {
-            if (flag[r] == T(0)) continue;
-            T tr, hp;
-            planar_act(s[r], tr, hp);
-            log_det[r] += planar_log_d(tr, hp, c, sp);
-        }
-    }
-}
-
 /* Log-determinant products.  In a chain with several planar or radial
  * layers the log-determinant is not taken layer by layer: per row the
  * layers' factors (D of a planar layer; g, with weight dim - 1, and g2 of a
@@ -363,10 +326,16 @@ PFC_VM_INLINE void log_product_flush(T* log_det, LogProduct<T> ones, LogProduct<
     }
 }
 
-/* planar_act_logdet_block with the factors D multiplied into `prod`. */
-template <int R, typename T>
-PFC_VM_INLINE void planar_act_product_block(const T* work, int dim, const T* s, T* t,
-                                            T* log_det, T* flag, LogProduct<T> prod) {
+/* t = tanh(s) for every row, and log D either added to log_det or, with
+ * PROD, multiplied into `prod`.  log1p(q) while q = hp c > -1/2 (relative
+ * accuracy far into the tails, D -> 1), log of the sum of squares below
+ * (D -> 0 without cancellation): one log_sum of the selected pair.  Rows
+ * whose factor is out of vm::log_sum_normal's range (D or 1 + hp c
+ * subnormal, huge, inf or NaN: degenerate parameters or a NaN row) are
+ * flagged and their log D added by the row functions. */
+template <int R, bool PROD, typename T>
+PFC_VM_INLINE void planar_act_logdet_block(const T* work, int dim, const T* s, T* t, T* log_det,
+                                           T* flag, LogProduct<T> prod = LogProduct<T>()) {
     using vm::detail::select_;
     const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
     int nout = 0;
@@ -376,9 +345,16 @@ PFC_VM_INLINE void planar_act_product_block(const T* work, int dim, const T* s, 
         vm::tanh_sech2(s[r], tr, hp);
         const T q = hp * c;
         const bool near_one = q > T(-0.5);
+        const T u1 = T(1) + q;
         const T d_far = tr * tr + hp * sp;
-        const bool ok = vm::log_sum_in_range(select_(near_one, T(1) + q, d_far));
-        log_product_mul(prod, r, q, d_far, near_one, ok);
+        const T u = select_(near_one, u1, d_far);
+        const bool ok = vm::log_sum_in_range(u);
+        if (PROD) {
+            log_product_mul(prod, r, q, d_far, near_one, ok);
+        } else {
+            const T cu = select_(near_one, q - (u1 - T(1)), T(0));
+            log_det[r] += select_(ok, vm::log_sum_normal(u, cu), T(0));
+        }
         flag[r] = select_(ok, T(0), T(1));
         nout += !ok;
         t[r] = tr;
@@ -619,9 +595,9 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
             case KIND_PLANAR:
                 if (!have_s) block_dot<R>(wk + dim, wk[2 * dim], dim, xt, s);
                 if (product) {
-                    planar_act_product_block<R>(wk, dim, s, t, ld, t + BLOCK_ROWS, ones);
+                    planar_act_logdet_block<R, true>(wk, dim, s, t, ld, t + BLOCK_ROWS, ones);
                 } else {
-                    planar_act_logdet_block<R>(wk, dim, s, t, ld, t + BLOCK_ROWS);
+                    planar_act_logdet_block<R, false>(wk, dim, s, t, ld, t + BLOCK_ROWS);
                 }
                 have_s = planar_update_next<R>(wk, dim, xt, xt, t, k + 1 < K ? kinds[k + 1] : -1,
                                             work + work_offsets[k + 1], s);

@@ -101,7 +101,7 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
                                  T* scratch)
 
 # Below this many rows the forward takes the row functions: the block kernel
-# always computes a whole (zero-padded) block.
+# computes at least a quarter block (32 rows, zero-padded).
 cdef enum:
     SMALL_BATCH = 32
 

@@ -133,6 +133,24 @@ def test_gradient_sums_are_bitwise_reproducible():
     np.testing.assert_array_equal(chain.backward(z, g, 1.0)[1], first)
 
 
+def assert_chain_is_its_layers(layers, z):
+    """The chain's forward against its layers run one at a time, their
+    log-determinants summed in float64; relative accuracy of log_det (no
+    absolute slack: a nearly-identity chain's log_det is tiny)."""
+    x_ref, ld_ref = z, np.zeros(len(z))
+    for flow in layers:
+        x_ref, ld = flow.forward(x_ref)
+        ld_ref += ld
+    x, log_det = pf.Chain(layers).forward(z)
+    assert np.all(np.isfinite(log_det))
+    if z.dtype == np.float64:
+        np.testing.assert_allclose(log_det, ld_ref, rtol=1e-13, atol=0)
+        np.testing.assert_allclose(x, x_ref, rtol=1e-14, atol=1e-14)
+    else:
+        np.testing.assert_allclose(log_det, ld_ref, rtol=1e-5, atol=0)
+        np.testing.assert_allclose(x, x_ref, rtol=1e-6, atol=1e-6)
+
+
 # c = w.uhat of each layer, by regime: the product of the layers' factors D
 # near 1 (log1p accuracy must survive), far below 1 (t^2 + hp sp branch; the
 # product underflows float32 unless renormalised), far above 1 (overflows it)
@@ -166,21 +184,7 @@ def test_planar_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
         flow.set_params(np.concatenate([u, w, [0.1]]))
         layers.append(flow)
     z = np.random.default_rng(3).standard_normal((300, dim)).astype(dtype)
-    x_ref, ld_ref = z, np.zeros(len(z))
-    for flow in layers:
-        x_ref, ld = flow.forward(x_ref)
-        ld_ref += ld
-    chain = pf.Chain(layers)
-    x, log_det = chain.forward(z)
-
-    assert np.all(np.isfinite(log_det))
-    if dtype == "float64":
-        # near_identity: log_det ~ 1e-5, so this is relative accuracy.
-        np.testing.assert_allclose(log_det, ld_ref, rtol=1e-13, atol=0)
-        np.testing.assert_allclose(x, x_ref, rtol=1e-14, atol=1e-14)
-    else:
-        np.testing.assert_allclose(log_det, ld_ref, rtol=1e-5, atol=0)
-        np.testing.assert_allclose(x, x_ref, rtol=1e-6, atol=1e-6)
+    assert_chain_is_its_layers(layers, z)
 
 
 # beta / alpha of each radial layer, by regime (beta >= -alpha is the
@@ -220,16 +224,4 @@ def test_radial_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
             flow = radial_with_ratio(dim, ratio, rng, dtype)
         layers.append(flow)
     z = (0.3 * rng.standard_normal((300, dim))).astype(dtype)
-    x_ref, ld_ref = z, np.zeros(len(z))
-    for flow in layers:
-        x_ref, ld = flow.forward(x_ref)
-        ld_ref += ld
-    x, log_det = pf.Chain(layers).forward(z)
-
-    assert np.all(np.isfinite(log_det))
-    if dtype == "float64":
-        np.testing.assert_allclose(log_det, ld_ref, rtol=1e-13, atol=0)
-        np.testing.assert_allclose(x, x_ref, rtol=1e-14, atol=1e-14)
-    else:
-        np.testing.assert_allclose(log_det, ld_ref, rtol=1e-5, atol=0)
-        np.testing.assert_allclose(x, x_ref, rtol=1e-6, atol=1e-6)
+    assert_chain_is_its_layers(layers, z)
