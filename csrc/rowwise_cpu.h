@@ -41,6 +41,9 @@
  * a squared distance that under- or overflows (the row functions rescale).
  * The backward recomputes the forward without log-determinants, which it
  * does not need, keeping t and hp of the planar layers for their VJPs.
+ * The inverse of a chain of planar layers runs the same way, last layer
+ * first, each layer's root found for the whole block by a vectorised copy
+ * of planar_solve (planar_solve_block).
  */
 #ifndef PFC_ROWWISE_CPU_H
 #define PFC_ROWWISE_CPU_H
@@ -326,6 +329,28 @@ PFC_VM_INLINE void log_product_flush(T* log_det, LogProduct<T> ones, LogProduct<
     }
 }
 
+/* log D of row r from t and hp, added to log_det[r] or, with PROD,
+ * multiplied into prod; false (nothing done) where the factor is out of
+ * vm::log_sum_normal's range. */
+template <bool PROD, typename T>
+PFC_VM_INLINE bool planar_log_d_row(T c, T sp, T tr, T hp, int r, T* log_det,
+                                    LogProduct<T> prod) {
+    using vm::detail::select_;
+    const T q = hp * c;
+    const bool near_one = q > T(-0.5);
+    const T u1 = T(1) + q;
+    const T d_far = tr * tr + hp * sp;
+    const T u = select_(near_one, u1, d_far);
+    const bool ok = vm::log_sum_in_range(u);
+    if (PROD) {
+        log_product_mul(prod, r, q, d_far, near_one, ok);
+    } else {
+        const T cu = select_(near_one, q - (u1 - T(1)), T(0));
+        log_det[r] += select_(ok, vm::log_sum_normal(u, cu), T(0));
+    }
+    return ok;
+}
+
 /* t = tanh(s) for every row, and log D either added to log_det or, with
  * PROD, multiplied into `prod`.  log1p(q) while q = hp c > -1/2 (relative
  * accuracy far into the tails, D -> 1), log of the sum of squares below
@@ -343,18 +368,7 @@ PFC_VM_INLINE void planar_act_logdet_block(const T* work, int dim, const T* s, T
     for (int r = 0; r < R; ++r) {
         T tr, hp;
         vm::tanh_sech2(s[r], tr, hp);
-        const T q = hp * c;
-        const bool near_one = q > T(-0.5);
-        const T u1 = T(1) + q;
-        const T d_far = tr * tr + hp * sp;
-        const T u = select_(near_one, u1, d_far);
-        const bool ok = vm::log_sum_in_range(u);
-        if (PROD) {
-            log_product_mul(prod, r, q, d_far, near_one, ok);
-        } else {
-            const T cu = select_(near_one, q - (u1 - T(1)), T(0));
-            log_det[r] += select_(ok, vm::log_sum_normal(u, cu), T(0));
-        }
+        const bool ok = planar_log_d_row<PROD>(c, sp, tr, hp, r, log_det, prod);
         flag[r] = select_(ok, T(0), T(1));
         nout += !ok;
         t[r] = tr;
@@ -548,10 +562,11 @@ PFC_VM_INLINE void shift_forward_block(const T* work, int dim, const T* zt, T* x
     }
 }
 
-/* Scratch values one block needs: the transposed rows, the block's log_det
- * and its two log-determinant products, three per-row values and one row. */
+/* Scratch values one block of the forward or inverse needs: the transposed
+ * rows, the block's log_det and its log-determinant products (6 per row),
+ * and up to 9 more per row (the inverse's solve) and one row. */
 PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
-    return (dim + 10) * BLOCK_ROWS + dim;
+    return (dim + 16) * BLOCK_ROWS + dim;
 }
 
 /* One block of rows through layers [0, K): x = f(z) for rows [0, nrows) of
@@ -635,6 +650,177 @@ PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
     } else {
         chain_forward_block_rows<BLOCK_ROWS>(kinds, work, work_offsets, K, dim, nrows, prefetch,
                                              z, x, log_det, scratch);
+    }
+}
+
+/* -- inverse of planar chains -----------------------------------------------
+ *
+ * A chain of planar layers only, last layer first: per layer Y = w.x + b
+ * (block_dot), the root s of s + c tanh(s) = Y for all rows at once, then
+ * z = x - uhat t and the log-determinant.  planar_solve_block is
+ * planar_solve (planar.h) with every branch a select and every row's
+ * iteration state in scratch: the same start, bracket, safeguarded Newton
+ * steps and stopping rules, the transcendentals from vm::tanh_sech2.  The
+ * sweep stops when every row has; rows still running after
+ * SOLVE_BLOCK_ITER evaluations, and rows with Y = 0 or non-finite (which
+ * planar_solve treats apart), are flagged and solved by planar_solve. */
+enum { SOLVE_BLOCK_ITER = 40 };
+
+/* t = tanh(s), hp = 1 - t^2 at the root s of s + c tanh(s) = Y[r]. */
+template <int R, typename T>
+PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, T* hp,
+                                      T* scratch) {
+    using vm::detail::select_;
+    using vm::detail::fabs_;
+    const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
+    const T ac = pfc::fabs(c), big = pfc::limits<T>::max();
+    if (!(ac <= big) || c == T(0)) {
+        for (int r = 0; r < R; ++r) planar_solve(Y[r], c, sp, t[r], hp[r]);
+        return;
+    }
+    const T eps = pfc::limits<T>::eps(), tiny = T(4) / big;
+    T* lo = scratch;
+    T* hi = lo + BLOCK_ROWS;
+    T* s = hi + BLOCK_ROWS;
+    T* dx_old = s + BLOCK_ROWS;
+    T* dx = dx_old + BLOCK_ROWS;
+    T* done = dx + BLOCK_ROWS;      /* 0: running, 1: converged, 2: for planar_solve */
+    const bool contracting = c < T(0);
+    const bool cubic = contracting & (sp < T(0.25));
+    PFC_VM_PRAGMA_SIMD
+    for (int r = 0; r < R; ++r) {
+        const T ya = fabs_(Y[r]);
+        const T lin = ya / sp;
+        T l, h, s0;
+        if (!contracting) {
+            l = select_(ya - c > lin, ya - c, lin);
+            h = ya;
+            s0 = l;
+        } else {
+            l = ya;
+            h = ya + ac;
+            s0 = select_((sp > T(0)) & (lin < h), lin, h);
+            if (cubic) {
+                const T cub = vm::exp(vm::log(T(3) * ya / ac) * T(1.0 / 3.0));
+                s0 = select_((ya < ac) & (cub < s0), cub, s0);
+            }
+            s0 = select_(s0 >= l, s0, l);
+        }
+        lo[r] = l;
+        hi[r] = h;
+        s[r] = s0;
+        dx_old[r] = dx[r] = h - l;
+        done[r] = select_((ya == T(0)) | !(ya <= big), T(2), T(0));
+    }
+    for (int it = 0; it < SOLVE_BLOCK_ITER; ++it) {
+        int running = 0;
+        PFC_SIMD_REDUCE(+ : running)
+        for (int r = 0; r < R; ++r) {
+            const bool live = done[r] == T(0);
+            const T ya = fabs_(Y[r]), sr = s[r];
+            T tr, hr;
+            vm::tanh_sech2(sr, tr, hr);
+            const T ct = c * tr, sy = sr - ya;
+            const T g = sy + ct;
+            const bool conv = !(fabs_(g) > eps * (T(4) * fabs_(ct) + fabs_(sy)));
+            const T l = select_(g < T(0), sr, lo[r]);
+            const T h = select_(g < T(0), hi[r], sr);
+            const T step = g / (tr * tr + hr * sp);
+            const T newton = sr - step;
+            const bool bisect = !((newton >= l) & (newton <= h)) |
+                                !(fabs_(T(2) * step) <= fabs_(dx_old[r]));
+            const T half = T(0.5) * (h - l);
+            const T next = select_(bisect, l + half, newton);
+            const bool stop = conv |
+                              (fabs_(next - sr) <= T(2) * eps * select_(sr > tiny, sr, tiny)) |
+                              !(h - l > T(2) * eps * select_(h > tiny, h, tiny));
+            t[r] = select_(live, tr, t[r]);
+            hp[r] = select_(live, hr, hp[r]);
+            const bool go = live & !stop;
+            lo[r] = select_(go, l, lo[r]);
+            hi[r] = select_(go, h, hi[r]);
+            dx_old[r] = select_(go, dx[r], dx_old[r]);
+            dx[r] = select_(go, select_(bisect, half, step), dx[r]);
+            s[r] = select_(go, next, sr);
+            done[r] = select_(live & stop, T(1), done[r]);
+            running += go;
+        }
+        if (running == 0) break;
+    }
+    for (int r = 0; r < R; ++r) {
+        if (done[r] != T(1)) {
+            planar_solve(Y[r], c, sp, t[r], hp[r]);
+        } else if (Y[r] < T(0)) {
+            t[r] = -t[r];
+        }
+    }
+}
+
+/* One block of rows of a planar-only chain through the inverses of layers
+ * K-1 .. 0: z = f^{-1}(x) for rows [0, nrows), log_det = log|det df^{-1}/dx|
+ * = -sum log D.  Scratch as chain_block_scratch_size. */
+template <int R, typename T>
+PFC_VM_INLINE void chain_inverse_block_rows(const T* work, const long long* work_offsets, int K,
+                                            int dim, index_t nrows, const T* x, T* z,
+                                            T* log_det, T* scratch) {
+    T* xt = scratch;
+    T* ld = scratch + (index_t)dim * BLOCK_ROWS;
+    const LogProduct<T> prod = {ld + BLOCK_ROWS, ld + 2 * BLOCK_ROWS, ld + 3 * BLOCK_ROWS};
+    T* y = ld + 4 * BLOCK_ROWS;
+    T* t = y + BLOCK_ROWS;
+    T* hp = t + BLOCK_ROWS;
+    T* solve = hp + BLOCK_ROWS;     /* 6 * BLOCK_ROWS */
+    load_block<R>(x, dim, nrows, xt);
+    for (int r = 0; r < R; ++r) ld[r] = T(0);
+    const bool product = K > 1;
+    if (product) log_product_init<R>(prod);
+    for (int k = K - 1; k >= 0; --k) {
+        const T* wk = work + work_offsets[k];
+        const T c = wk[2 * dim + 1], sp = wk[2 * dim + 2];
+        block_dot<R>(wk + dim, wk[2 * dim], dim, xt, y);
+        planar_solve_block<R>(wk, dim, y, t, hp, solve);
+        int nout = 0;
+        if (product) {
+            PFC_SIMD_REDUCE(+ : nout)
+            for (int r = 0; r < R; ++r) {
+                const bool ok = planar_log_d_row<true>(c, sp, t[r], hp[r], r, ld, prod);
+                y[r] = vm::detail::select_(ok, T(0), T(1));
+                nout += !ok;
+            }
+        } else {
+            PFC_SIMD_REDUCE(+ : nout)
+            for (int r = 0; r < R; ++r) {
+                const bool ok = planar_log_d_row<false>(c, sp, t[r], hp[r], r, ld, prod);
+                y[r] = vm::detail::select_(ok, T(0), T(1));
+                nout += !ok;
+            }
+        }
+        if (nout != 0) {
+            for (int r = 0; r < R; ++r) {
+                if (y[r] != T(0)) ld[r] += planar_log_d(t[r], hp[r], c, sp);
+            }
+        }
+        for (int r = 0; r < R; ++r) t[r] = -t[r];
+        planar_update_block<R>(wk, dim, xt, xt, t);     /* x - uhat t */
+    }
+    if (product) log_product_flush<R>(ld, prod, prod, T(0), false);
+    store_block(xt, dim, nrows, z);
+    for (index_t r = 0; r < nrows; ++r) log_det[r] = -ld[r];
+}
+
+template <typename T>
+PFC_VM_INLINE void chain_inverse_block_impl(const T* work, const long long* work_offsets, int K,
+                                            int dim, index_t nrows, const T* x, T* z,
+                                            T* log_det, T* scratch) {
+    if (nrows <= BLOCK_ROWS / 4) {
+        chain_inverse_block_rows<BLOCK_ROWS / 4>(work, work_offsets, K, dim, nrows, x, z,
+                                                 log_det, scratch);
+    } else if (nrows <= BLOCK_ROWS / 2) {
+        chain_inverse_block_rows<BLOCK_ROWS / 2>(work, work_offsets, K, dim, nrows, x, z,
+                                                 log_det, scratch);
+    } else {
+        chain_inverse_block_rows<BLOCK_ROWS>(work, work_offsets, K, dim, nrows, x, z, log_det,
+                                             scratch);
     }
 }
 
@@ -901,6 +1087,11 @@ PFC_DEFINE_BLOCK_DISPATCH(chain_forward_block,
     (const int* kinds, const T* work, const long long* work_offsets, int K, int dim,
      index_t nrows, bool prefetch, const T* z, T* x, T* log_det, T* scratch),
     (kinds, work, work_offsets, K, dim, nrows, prefetch, z, x, log_det, scratch))
+
+PFC_DEFINE_BLOCK_DISPATCH(chain_inverse_block,
+    (const T* work, const long long* work_offsets, int K, int dim, index_t nrows, const T* x,
+     T* z, T* log_det, T* scratch),
+    (work, work_offsets, K, dim, nrows, x, z, log_det, scratch))
 
 PFC_DEFINE_BLOCK_DISPATCH(chain_backward_block,
     (const int* kinds, const T* work, const long long* work_offsets,

@@ -21,8 +21,11 @@ CUDA kernels run, one thread per row.
   transcendentals, compiled for baseline x86-64, AVX2 and AVX-512 and picked
   at run time); smaller ones take the row functions, whose cost does not
   depend on a block size.
-* inverse: the row functions, dynamically scheduled, because a planar row's
-  Newton solve takes a varying number of steps.
+* inverse: for runs of planar layers only, the block kernel of
+  ``csrc/rowwise_cpu.h`` (every layer's Newton solve for a block of rows at
+  once, vectorised, the rare rows it does not settle handed to the row
+  function); otherwise the row functions.  Both dynamically scheduled,
+  because rows take varying numbers of Newton steps.
 * backward: block by block (``csrc/rowwise_cpu.h``), the forward is
   recomputed keeping every layer's input block, then the layers'
   vector-Jacobian products run in reverse, planar and radial layers
@@ -99,6 +102,9 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
                                  int K, int dim, Py_ssize_t nrows, bint prefetch, const T* z,
                                  const T* grad_x, const T* grad_log_det, T* grad_z, T* acc,
                                  T* scratch)
+    void chain_inverse_block[T](int level, const T* work, const long long* work_offsets, int K,
+                                int dim, Py_ssize_t nrows, const T* x, T* z, T* log_det,
+                                T* scratch)
 
 # Below this many rows the forward takes the row functions: the block kernel
 # computes at least a quarter block (32 rows, zero-padded).
@@ -297,8 +303,7 @@ cdef class RowwiseRun:
         # forward / inverse on raw pointers; nonzero when scratch memory ran out.
         self._prepare(params, work)
         if inverse_map:
-            self._inverse_ptr(work, n, v, out, log_det)
-            return 0
+            return self._inverse_ptr(work, n, v, out, log_det)
         return self._forward_ptr(work, n, v, out, log_det)
 
     # The dispatch of forward and inverse, with one difference: below
@@ -348,15 +353,51 @@ cdef class RowwiseRun:
             free(scratch)
         return failed
 
-    cdef void _inverse_ptr(self, const floating* work, Py_ssize_t n, const floating* x,
-                           floating* z, floating* log_det) noexcept nogil:
-        cdef Py_ssize_t i
+    cdef int _inverse_ptr(self, const floating* work, Py_ssize_t n, const floating* x,
+                          floating* z, floating* log_det) noexcept nogil:
+        # Chains of planar layers only take the block kernel (a vectorised
+        # Newton solve per layer); the rest the row functions.  Both are
+        # dynamically scheduled: rows take varying numbers of steps.
+        cdef Py_ssize_t i, blk, lo
+        cdef Py_ssize_t num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+        cdef int k, K = self.K, dim = self.dim, level, failed = 0
+        cdef bint planar_only = True
+        cdef floating* scratch = NULL
+        for k in range(K):
+            if self.kinds[k] != KIND_PLANAR:
+                planar_only = False
+        if not planar_only or n < SMALL_BATCH:
+            if n < MIN_ROWS_PARALLEL:
+                for i in range(n):
+                    log_det[i] = self._inverse_row(work, x + i * dim, z + i * dim)
+            else:
+                for i in prange(n, schedule="dynamic", chunksize=64):
+                    log_det[i] = self._inverse_row(work, x + i * dim, z + i * dim)
+            return 0
+        level = cpu_level()
         if n < MIN_ROWS_PARALLEL:
-            for i in range(n):
-                log_det[i] = self._inverse_row(work, x + i * self.dim, z + i * self.dim)
-        else:
-            for i in prange(n, schedule="dynamic", chunksize=64):
-                log_det[i] = self._inverse_row(work, x + i * self.dim, z + i * self.dim)
+            scratch = <floating*>scratch_alloc(chain_block_scratch_size(dim) * sizeof(floating))
+            if scratch == NULL:
+                return 1
+            for blk in range(num_blocks):
+                lo = blk * BLOCK_ROWS
+                chain_inverse_block(level, work, self.work_offsets, K, dim,
+                                    min(<Py_ssize_t>BLOCK_ROWS, n - lo), x + lo * dim,
+                                    z + lo * dim, log_det + lo, scratch)
+            free(scratch)
+            return 0
+        with parallel():
+            scratch = <floating*>scratch_alloc(chain_block_scratch_size(dim) * sizeof(floating))
+            for blk in prange(num_blocks, schedule="dynamic"):
+                if scratch == NULL:
+                    failed += 1
+                else:
+                    lo = blk * BLOCK_ROWS
+                    chain_inverse_block(level, work, self.work_offsets, K, dim,
+                                        min(<Py_ssize_t>BLOCK_ROWS, n - lo), x + lo * dim,
+                                        z + lo * dim, log_det + lo, scratch)
+            free(scratch)
+        return failed
 
     cdef inline floating _inverse_row(self, const floating* work, const floating* x,
                                       floating* z) noexcept nogil:
@@ -384,13 +425,16 @@ cdef class RowwiseRun:
     def inverse(self, const floating[::1] params, const floating[:, ::1] x,
                 floating[:, ::1] z, floating[::1] log_det):
         """z, log_det_inv = f^{-1}(x), log|det df^{-1}/dx|, last layer first."""
+        cdef int failed
         cdef floating* work = <floating*>malloc(self.work_offsets[self.K] * sizeof(floating))
         if work == NULL:
             raise MemoryError()
         with nogil:
             self._prepare(&params[0], work)
-            self._inverse_ptr(work, x.shape[0], &x[0, 0], &z[0, 0], &log_det[0])
+            failed = self._inverse_ptr(work, x.shape[0], &x[0, 0], &z[0, 0], &log_det[0])
             free(work)
+        if failed:
+            raise MemoryError()
 
     def backward(self, const floating[::1] params, const floating[:, ::1] z,
                  const floating[:, ::1] grad_x, const floating[::1] grad_log_det,

@@ -56,7 +56,7 @@ BATCH_SIZES = [31, 32, 33, 64, 65, 128, 300, 777]
 @pytest.mark.parametrize("n", BATCH_SIZES)
 @pytest.mark.parametrize("case,dim,dtype", [
     p for p in case_params() if p.values[1] in (1, 16) or p.values[0].name == "chain"])
-def test_forward_matches_reference_at_every_block_shape(case, dim, dtype, n):
+def test_forward_and_inverse_at_every_block_shape(case, dim, dtype, n):
     rng = np.random.default_rng(n)
     flow = case.make(dim, dtype, rng)
     z = case.sample_z(rng, n, flow.dim).astype(flow.dtype)
@@ -64,6 +64,9 @@ def test_forward_matches_reference_at_every_block_shape(case, dim, dtype, n):
     x_ref, ld_ref = case.reference(flow.params.astype(np.float64), z.astype(np.float64))
     assert_close(x, x_ref, dtype, scale=np.abs(x_ref).max())
     assert_close(log_det, ld_ref, dtype, scale=max(1.0, np.abs(ld_ref).max()))
+    z_back, log_det_inv = flow.inverse(x)
+    assert_close(z_back, z, dtype, scale=max(1.0, np.abs(z).max()) * 10)
+    assert_close(log_det_inv, -log_det, dtype, scale=max(1.0, np.abs(log_det).max()) * 10)
 
 
 def numerical_jacobian(fun, z, h=1e-6):
