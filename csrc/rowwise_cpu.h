@@ -43,7 +43,7 @@
  * does not need, keeping t and hp of the planar layers for their VJPs.
  * The inverse of a chain of planar layers runs the same way, last layer
  * first, each layer's root found for the whole block by a vectorised copy
- * of planar_solve (planar_solve_block).
+ * of planar_solve (planar_solve_block), and so does its VJP.
  */
 #ifndef PFC_ROWWISE_CPU_H
 #define PFC_ROWWISE_CPU_H
@@ -824,6 +824,95 @@ PFC_VM_INLINE void chain_inverse_block_impl(const T* work, const long long* work
     }
 }
 
+/* The VJP of a planar-only chain's inverse for one block: the inverse is
+ * recomputed layer by layer (K-1 first), keeping each layer's output v_k
+ * and its t, hp (so no layer is solved twice), then the cotangent runs from
+ * z = v_0 back to x through layers 0 .. K-1 (planar_inverse_backward_row):
+ *   d = hp/D (uhat.g_z - 2 g c t / D),  g_x = g_z - d w,
+ *   acc: dL/duhat -= t g_x + (g hp / D) w,  dL/dw -= d v_k + (g hp / D) uhat,
+ *   dL/db -= d,
+ * g being the cotangent of log_det_inv.  Padding rows have zero
+ * cotangents and add nothing. */
+PFC_HOSTDEVICE PFC_INLINE long long chain_inverse_backward_scratch_size(int K, int dim) {
+    return ((long long)K + 1) * dim * BLOCK_ROWS + (2LL * K + 10) * BLOCK_ROWS +
+           2LL * dim * LANES;
+}
+
+template <typename T>
+PFC_VM_INLINE void chain_inverse_backward_block_impl(const T* work,
+                                                     const long long* work_offsets,
+                                                     const long long* acc_offsets, int K,
+                                                     int dim, index_t nrows, const T* x,
+                                                     const T* grad_z, const T* grad_log_det,
+                                                     T* grad_x, T* acc, T* scratch) {
+    const index_t stride = (index_t)dim * BLOCK_ROWS;
+    T* stack = scratch;                      /* v_0 .. v_{K-1} */
+    T* gt = stack + K * stride;              /* x, then the cotangent */
+    T* act = gt + stride;                    /* t and hp of each layer */
+    T* gld = act + 2 * (index_t)K * BLOCK_ROWS;
+    T* y = gld + BLOCK_ROWS;
+    T* tmp = y + BLOCK_ROWS;                 /* the solve's 6 * BLOCK_ROWS */
+    load_block<BLOCK_ROWS>(x, dim, nrows, gt);
+    for (index_t r = 0; r < BLOCK_ROWS; ++r) gld[r] = r < nrows ? grad_log_det[r] : T(0);
+    for (int k = K - 1; k >= 0; --k) {
+        const T* wk = work + work_offsets[k];
+        const T* in = k == K - 1 ? gt : stack + (k + 1) * stride;
+        T* t = act + 2 * (index_t)k * BLOCK_ROWS;
+        block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, y);
+        planar_solve_block<BLOCK_ROWS>(wk, dim, y, t, t + BLOCK_ROWS, tmp);
+        for (int r = 0; r < BLOCK_ROWS; ++r) y[r] = -t[r];
+        planar_update_block<BLOCK_ROWS>(wk, dim, in, stack + k * stride, y);
+    }
+    load_block<BLOCK_ROWS>(grad_z, dim, nrows, gt);
+    for (int k = 0; k < K; ++k) {
+        const T* wk = work + work_offsets[k];
+        const T* uhat = wk;
+        const T* w = wk + dim;
+        const T c = wk[2 * dim + 1], sp = wk[2 * dim + 2];
+        const T* t = act + 2 * (index_t)k * BLOCK_ROWS;
+        const T* hp = t + BLOCK_ROWS;
+        const T* zt = stack + k * stride;
+        T* a = acc + acc_offsets[k];
+        T* d = y;
+        block_dot<BLOCK_ROWS>(uhat, T(0), dim, gt, d);     /* uhat.g_z, for now */
+        T sum_gc[LANES] = {}, sum_d[LANES] = {};
+        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const int r = r0 + l;
+                const T tr = t[r], hr = hp[r];
+                const T inv_d = T(1) / (tr * tr + hr * sp);
+                const T g_c = gld[r] * hr * inv_d;
+                const T dr = inv_d * (hr * d[r] - T(2) * g_c * c * tr);
+                d[r] = dr;
+                sum_gc[l] += g_c;
+                sum_d[l] += dr;
+            }
+        }
+        const T g_c = lane_sum(sum_gc);
+        for (int i = 0; i < dim; ++i) {
+            T* gi = gt + (index_t)i * BLOCK_ROWS;
+            const T* zi = zt + (index_t)i * BLOCK_ROWS;
+            const T wi = w[i];
+            T au[LANES] = {}, aw[LANES] = {};
+            for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+                PFC_VM_PRAGMA_SIMD
+                for (int l = 0; l < LANES; ++l) {
+                    const int r = r0 + l;
+                    const T gr = gi[r] - d[r] * wi;
+                    au[l] += t[r] * gr;
+                    aw[l] += d[r] * zi[r];
+                    gi[r] = gr;
+                }
+            }
+            a[i] -= lane_sum(au) + g_c * wi;
+            a[dim + i] -= lane_sum(aw) + g_c * uhat[i];
+        }
+        a[2 * dim] -= lane_sum(sum_d);
+    }
+    store_block(gt, dim, nrows, grad_x);
+}
+
 /* -- backward ---------------------------------------------------------------
  *
  * The VJP of a block through layers K-1 .. 0.  The forward is recomputed
@@ -1092,6 +1181,13 @@ PFC_DEFINE_BLOCK_DISPATCH(chain_inverse_block,
     (const T* work, const long long* work_offsets, int K, int dim, index_t nrows, const T* x,
      T* z, T* log_det, T* scratch),
     (work, work_offsets, K, dim, nrows, x, z, log_det, scratch))
+
+PFC_DEFINE_BLOCK_DISPATCH(chain_inverse_backward_block,
+    (const T* work, const long long* work_offsets, const long long* acc_offsets, int K,
+     int dim, index_t nrows, const T* x, const T* grad_z, const T* grad_log_det, T* grad_x,
+     T* acc, T* scratch),
+    (work, work_offsets, acc_offsets, K, dim, nrows, x, grad_z, grad_log_det, grad_x, acc,
+     scratch))
 
 PFC_DEFINE_BLOCK_DISPATCH(chain_backward_block,
     (const int* kinds, const T* work, const long long* work_offsets,

@@ -30,9 +30,12 @@ CUDA kernels run, one thread per row.
   recomputed keeping every layer's input block, then the layers'
   vector-Jacobian products run in reverse, planar and radial layers
   vectorised.
-* inverse_backward: per row, the inverse is recomputed through the run,
-  keeping the K layer inputs of that one row in a small per-thread stack,
-  then the layers' vector-Jacobian products run first to last.
+* inverse_backward: for runs of planar layers only, block by block: the
+  inverse is recomputed with the block solve, keeping each layer's output
+  and its t and hp, then the layers' vector-Jacobian products run first to
+  last, vectorised.  Otherwise per row: the inverse is recomputed through the
+  run, keeping the K layer inputs of that one row in a small per-thread
+  stack, then the layers' vector-Jacobian products run first to last.
 * Parameter gradients go to per-chunk accumulators that are summed in chunk
   order (``_parallel.pxd``), bitwise reproducible for any number of
   threads.
@@ -105,6 +108,13 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
     void chain_inverse_block[T](int level, const T* work, const long long* work_offsets, int K,
                                 int dim, Py_ssize_t nrows, const T* x, T* z, T* log_det,
                                 T* scratch)
+    long long chain_inverse_backward_scratch_size(int K, int dim)
+    void chain_inverse_backward_block[T](int level, const T* work,
+                                         const long long* work_offsets,
+                                         const long long* acc_offsets, int K, int dim,
+                                         Py_ssize_t nrows, const T* x, const T* grad_z,
+                                         const T* grad_log_det, T* grad_x, T* acc,
+                                         T* scratch)
 
 # Below this many rows the forward takes the row functions: the block kernel
 # computes at least a quarter block (32 rows, zero-padded).
@@ -458,8 +468,12 @@ cdef class RowwiseRun:
         cdef floating* g
         cdef floating* acc
         cdef floating gld
+        cdef bint planar_only = True
         cdef floating* work = <floating*>malloc(self.work_offsets[K] * sizeof(floating))
         cdef floating* partial = <floating*>malloc(nc * acc_size * sizeof(floating))
+        for k in range(K):
+            if self.kinds[k] != KIND_PLANAR:
+                planar_only = False
         if work == NULL or partial == NULL:
             free(work)
             free(partial)
@@ -486,6 +500,27 @@ cdef class RowwiseRun:
                                                  self.acc_offsets, K, dim, rows, lo + rows < hi,
                                                  &v[lo, 0], &grad_out[lo, 0], &grad_log_det[lo],
                                                  &grad_in[lo, 0], acc, stack)
+                            lo = lo + rows
+                    free(stack)
+            elif planar_only and n >= SMALL_BATCH:
+                level = cpu_level()
+                with parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
+                    stack = <floating*>scratch_alloc(chain_inverse_backward_scratch_size(K, dim)
+                                                     * sizeof(floating))
+                    for c in prange(nc, schedule="dynamic"):
+                        if stack == NULL:
+                            failed += 1
+                            continue
+                        acc = partial + c * acc_size
+                        hi = chunk_start(n, c + 1, nc)
+                        lo = chunk_start(n, c, nc)
+                        while lo < hi:
+                            rows = min(<Py_ssize_t>BLOCK_ROWS, hi - lo)
+                            chain_inverse_backward_block(level, work, self.work_offsets,
+                                                         self.acc_offsets, K, dim, rows,
+                                                         &v[lo, 0], &grad_out[lo, 0],
+                                                         &grad_log_det[lo], &grad_in[lo, 0],
+                                                         acc, stack)
                             lo = lo + rows
                     free(stack)
             else:
