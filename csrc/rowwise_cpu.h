@@ -653,6 +653,38 @@ PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
     }
 }
 
+/* The per-dimension part of a planar layer's VJP for a block: with coef =
+ * dL/ds per row, g <- g + coef w, and the parameter sums
+ *   acc[i]       += sign (sum_r t g_i + g_c w_i)     (dL/duhat),
+ *   acc[dim + i] += sum_r coef z_i + sign g_c uhat_i  (dL/dw),
+ * g_i taken before the update (forward VJP, sign +1) or after it (inverse
+ * VJP, sign -1, coef = -d). */
+template <bool AFTER, typename T>
+PFC_VM_INLINE void planar_vjp_dims(const T* work, int dim, const T* zt, T* gt, const T* t,
+                                   const T* coef, T g_c, T sign, T* acc) {
+    const T* uhat = work;
+    const T* w = work + dim;
+    for (int i = 0; i < dim; ++i) {
+        T* gi = gt + (index_t)i * BLOCK_ROWS;
+        const T* zi = zt + (index_t)i * BLOCK_ROWS;
+        const T wi = w[i];
+        T au[LANES] = {}, aw[LANES] = {};
+        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const int r = r0 + l;
+                const T g = gi[r];
+                const T g_new = g + coef[r] * wi;
+                au[l] += t[r] * (AFTER ? g_new : g);
+                aw[l] += coef[r] * zi[r];
+                gi[r] = g_new;
+            }
+        }
+        acc[i] += sign * (lane_sum(au) + g_c * wi);
+        acc[dim + i] += lane_sum(aw) + sign * g_c * uhat[i];
+    }
+}
+
 /* -- inverse of planar chains -----------------------------------------------
  *
  * A chain of planar layers only, last layer first: per layer Y = w.x + b
@@ -866,15 +898,12 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const T* work,
     load_block<BLOCK_ROWS>(grad_z, dim, nrows, gt);
     for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
-        const T* uhat = wk;
-        const T* w = wk + dim;
         const T c = wk[2 * dim + 1], sp = wk[2 * dim + 2];
         const T* t = act + 2 * (index_t)k * BLOCK_ROWS;
         const T* hp = t + BLOCK_ROWS;
-        const T* zt = stack + k * stride;
         T* a = acc + acc_offsets[k];
         T* d = y;
-        block_dot<BLOCK_ROWS>(uhat, T(0), dim, gt, d);     /* uhat.g_z, for now */
+        block_dot<BLOCK_ROWS>(wk, T(0), dim, gt, d);     /* uhat.g_z, for now */
         T sum_gc[LANES] = {}, sum_d[LANES] = {};
         for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
             PFC_VM_PRAGMA_SIMD
@@ -884,30 +913,12 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const T* work,
                 const T inv_d = T(1) / (tr * tr + hr * sp);
                 const T g_c = gld[r] * hr * inv_d;
                 const T dr = inv_d * (hr * d[r] - T(2) * g_c * c * tr);
-                d[r] = dr;
+                d[r] = -dr;                             /* coef of planar_vjp_dims */
                 sum_gc[l] += g_c;
                 sum_d[l] += dr;
             }
         }
-        const T g_c = lane_sum(sum_gc);
-        for (int i = 0; i < dim; ++i) {
-            T* gi = gt + (index_t)i * BLOCK_ROWS;
-            const T* zi = zt + (index_t)i * BLOCK_ROWS;
-            const T wi = w[i];
-            T au[LANES] = {}, aw[LANES] = {};
-            for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
-                PFC_VM_PRAGMA_SIMD
-                for (int l = 0; l < LANES; ++l) {
-                    const int r = r0 + l;
-                    const T gr = gi[r] - d[r] * wi;
-                    au[l] += t[r] * gr;
-                    aw[l] += d[r] * zi[r];
-                    gi[r] = gr;
-                }
-            }
-            a[i] -= lane_sum(au) + g_c * wi;
-            a[dim + i] -= lane_sum(aw) + g_c * uhat[i];
-        }
+        planar_vjp_dims<true>(wk, dim, stack + k * stride, gt, t, d, lane_sum(sum_gc), T(-1), a);
         a[2 * dim] -= lane_sum(sum_d);
     }
     store_block(gt, dim, nrows, grad_x);
@@ -933,7 +944,6 @@ PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T*
                                          const T* gld, const T* t, const T* hp, T* acc,
                                          T* scratch) {
     const T* uhat = work;
-    const T* w = work + dim;
     const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
     T* ds = scratch;
     block_dot<BLOCK_ROWS>(uhat, T(0), dim, gt, ds);     /* g.uhat, for now */
@@ -950,26 +960,7 @@ PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T*
             sum_ds[l] += d_s;
         }
     }
-    const T g_c = lane_sum(sum_gc);
-    T* acc_u = acc;
-    T* acc_w = acc + dim;
-    for (int i = 0; i < dim; ++i) {
-        T* gi = gt + (index_t)i * BLOCK_ROWS;
-        const T* zi = zt + (index_t)i * BLOCK_ROWS;
-        const T wi = w[i];
-        T au[LANES] = {}, aw[LANES] = {};
-        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
-            PFC_VM_PRAGMA_SIMD
-            for (int l = 0; l < LANES; ++l) {
-                const int r = r0 + l;
-                au[l] += t[r] * gi[r];
-                aw[l] += ds[r] * zi[r];
-                gi[r] += ds[r] * wi;
-            }
-        }
-        acc_u[i] += lane_sum(au) + g_c * wi;
-        acc_w[i] += lane_sum(aw) + g_c * uhat[i];
-    }
+    planar_vjp_dims<false>(work, dim, zt, gt, t, ds, lane_sum(sum_gc), T(1), acc);
     acc[2 * dim] += lane_sum(sum_ds);
 }
 

@@ -175,6 +175,7 @@ cdef class RowwiseRun:
     """
 
     cdef int K, dim
+    cdef bint planar_only     # every layer planar: the inverse has block kernels
     cdef int* kinds
     cdef long long* param_offsets
     cdef long long* work_offsets
@@ -193,8 +194,10 @@ cdef class RowwiseRun:
         if not (self.kinds and self.param_offsets and self.work_offsets and self.acc_offsets):
             raise MemoryError()
         self.param_offsets[0] = self.work_offsets[0] = self.acc_offsets[0] = 0
+        self.planar_only = True
         for k in range(self.K):
             self.kinds[k] = int(LayerKind(kinds[k]))
+            self.planar_only = self.planar_only and self.kinds[k] == KIND_PLANAR
             self.param_offsets[k + 1] = self.param_offsets[k] + num_params[k]
             self.work_offsets[k + 1] = self.work_offsets[k] + layer_work_size(self.kinds[k], dim)
             self.acc_offsets[k + 1] = self.acc_offsets[k] + layer_grad_acc_size(self.kinds[k], dim)
@@ -370,13 +373,9 @@ cdef class RowwiseRun:
         # dynamically scheduled: rows take varying numbers of steps.
         cdef Py_ssize_t i, blk, lo
         cdef Py_ssize_t num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-        cdef int k, K = self.K, dim = self.dim, level, failed = 0
-        cdef bint planar_only = True
+        cdef int K = self.K, dim = self.dim, level, failed = 0
         cdef floating* scratch = NULL
-        for k in range(K):
-            if self.kinds[k] != KIND_PLANAR:
-                planar_only = False
-        if not planar_only or n < SMALL_BATCH:
+        if not self.planar_only or n < SMALL_BATCH:
             if n < MIN_ROWS_PARALLEL:
                 for i in range(n):
                     log_det[i] = self._inverse_row(work, x + i * dim, z + i * dim)
@@ -468,12 +467,9 @@ cdef class RowwiseRun:
         cdef floating* g
         cdef floating* acc
         cdef floating gld
-        cdef bint planar_only = True
+        cdef long long scratch_size
         cdef floating* work = <floating*>malloc(self.work_offsets[K] * sizeof(floating))
         cdef floating* partial = <floating*>malloc(nc * acc_size * sizeof(floating))
-        for k in range(K):
-            if self.kinds[k] != KIND_PLANAR:
-                planar_only = False
         if work == NULL or partial == NULL:
             free(work)
             free(partial)
@@ -482,11 +478,12 @@ cdef class RowwiseRun:
             self._prepare(&params[0], work)
             for j in range(nc * acc_size):
                 partial[j] = 0
-            if not inverse_map:
+            if not inverse_map or (self.planar_only and n >= SMALL_BATCH):
                 level = cpu_level()
+                scratch_size = (chain_inverse_backward_scratch_size(K, dim) if inverse_map
+                                else chain_backward_scratch_size(K, dim))
                 with parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
-                    stack = <floating*>scratch_alloc(chain_backward_scratch_size(K, dim)
-                                              * sizeof(floating))
+                    stack = <floating*>scratch_alloc(scratch_size * sizeof(floating))
                     for c in prange(nc, schedule="dynamic"):
                         if stack == NULL:
                             failed += 1
@@ -496,31 +493,16 @@ cdef class RowwiseRun:
                         lo = chunk_start(n, c, nc)
                         while lo < hi:
                             rows = min(<Py_ssize_t>BLOCK_ROWS, hi - lo)
-                            chain_backward_block(level, self.kinds, work, self.work_offsets,
-                                                 self.acc_offsets, K, dim, rows, lo + rows < hi,
-                                                 &v[lo, 0], &grad_out[lo, 0], &grad_log_det[lo],
-                                                 &grad_in[lo, 0], acc, stack)
-                            lo = lo + rows
-                    free(stack)
-            elif planar_only and n >= SMALL_BATCH:
-                level = cpu_level()
-                with parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
-                    stack = <floating*>scratch_alloc(chain_inverse_backward_scratch_size(K, dim)
-                                                     * sizeof(floating))
-                    for c in prange(nc, schedule="dynamic"):
-                        if stack == NULL:
-                            failed += 1
-                            continue
-                        acc = partial + c * acc_size
-                        hi = chunk_start(n, c + 1, nc)
-                        lo = chunk_start(n, c, nc)
-                        while lo < hi:
-                            rows = min(<Py_ssize_t>BLOCK_ROWS, hi - lo)
-                            chain_inverse_backward_block(level, work, self.work_offsets,
-                                                         self.acc_offsets, K, dim, rows,
-                                                         &v[lo, 0], &grad_out[lo, 0],
-                                                         &grad_log_det[lo], &grad_in[lo, 0],
-                                                         acc, stack)
+                            if inverse_map:
+                                chain_inverse_backward_block(
+                                    level, work, self.work_offsets, self.acc_offsets, K, dim,
+                                    rows, &v[lo, 0], &grad_out[lo, 0], &grad_log_det[lo],
+                                    &grad_in[lo, 0], acc, stack)
+                            else:
+                                chain_backward_block(
+                                    level, self.kinds, work, self.work_offsets, self.acc_offsets,
+                                    K, dim, rows, lo + rows < hi, &v[lo, 0], &grad_out[lo, 0],
+                                    &grad_log_det[lo], &grad_in[lo, 0], acc, stack)
                             lo = lo + rows
                     free(stack)
             else:
