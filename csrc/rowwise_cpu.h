@@ -788,13 +788,39 @@ PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, 
     }
 }
 
-/* One block of rows of a planar-only chain through the inverses of layers
- * K-1 .. 0: z = f^{-1}(x) for rows [0, nrows), log_det = log|det df^{-1}/dx|
- * = -sum log D.  Scratch as chain_block_scratch_size. */
+/* Inverses of the elementwise layers on a block: x / a (the row function
+ * divides too) and x - b. */
 template <int R, typename T>
-PFC_VM_INLINE void chain_inverse_block_rows(const T* work, const long long* work_offsets, int K,
-                                            int dim, index_t nrows, const T* x, T* z,
-                                            T* log_det, T* scratch) {
+PFC_VM_INLINE void scale_inverse_block(const T* work, int dim, const T* xt, T* zt) {
+    for (int i = 0; i < dim; ++i) {
+        const T ai = work[i];
+        const T* xi = xt + (index_t)i * BLOCK_ROWS;
+        T* zi = zt + (index_t)i * BLOCK_ROWS;
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < R; ++r) zi[r] = xi[r] / ai;
+    }
+}
+
+template <int R, typename T>
+PFC_VM_INLINE void shift_inverse_block(const T* work, int dim, const T* xt, T* zt) {
+    for (int i = 0; i < dim; ++i) {
+        const T bi = work[i];
+        const T* xi = xt + (index_t)i * BLOCK_ROWS;
+        T* zi = zt + (index_t)i * BLOCK_ROWS;
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < R; ++r) zi[r] = xi[r] - bi;
+    }
+}
+
+/* One block of rows of a chain of planar, scale and shift layers through
+ * the inverses of layers K-1 .. 0: z = f^{-1}(x) for rows [0, nrows),
+ * log_det = log|det df^{-1}/dx| = -(sum log D + sum log|a|).  Scratch as
+ * chain_block_scratch_size. */
+template <int R, typename T>
+PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
+                                            const long long* work_offsets, int K, int dim,
+                                            index_t nrows, const T* x, T* z, T* log_det,
+                                            T* scratch) {
     T* xt = scratch;
     T* ld = scratch + (index_t)dim * BLOCK_ROWS;
     const LogProduct<T> prod = {ld + BLOCK_ROWS, ld + 2 * BLOCK_ROWS, ld + 3 * BLOCK_ROWS};
@@ -804,10 +830,21 @@ PFC_VM_INLINE void chain_inverse_block_rows(const T* work, const long long* work
     T* solve = hp + BLOCK_ROWS;     /* 6 * BLOCK_ROWS */
     load_block<R>(x, dim, nrows, xt);
     for (int r = 0; r < R; ++r) ld[r] = T(0);
-    const bool product = K > 1;
+    int num_planar = 0;
+    for (int k = 0; k < K; ++k) num_planar += kinds[k] == KIND_PLANAR;
+    const bool product = num_planar > 1;
     if (product) log_product_init<R>(prod);
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
+        if (kinds[k] == KIND_SCALE) {
+            scale_inverse_block<R>(wk, dim, xt, xt);
+            for (int r = 0; r < R; ++r) ld[r] += wk[dim];
+            continue;
+        }
+        if (kinds[k] == KIND_SHIFT) {
+            shift_inverse_block<R>(wk, dim, xt, xt);
+            continue;
+        }
         const T c = wk[2 * dim + 1], sp = wk[2 * dim + 2];
         block_dot<R>(wk + dim, wk[2 * dim], dim, xt, y);
         planar_solve_block<R>(wk, dim, y, t, hp, solve);
@@ -841,25 +878,60 @@ PFC_VM_INLINE void chain_inverse_block_rows(const T* work, const long long* work
 }
 
 template <typename T>
-PFC_VM_INLINE void chain_inverse_block_impl(const T* work, const long long* work_offsets, int K,
-                                            int dim, index_t nrows, const T* x, T* z,
-                                            T* log_det, T* scratch) {
+PFC_VM_INLINE void chain_inverse_block_impl(const int* kinds, const T* work,
+                                            const long long* work_offsets, int K, int dim,
+                                            index_t nrows, const T* x, T* z, T* log_det,
+                                            T* scratch) {
     if (nrows <= BLOCK_ROWS / 4) {
-        chain_inverse_block_rows<BLOCK_ROWS / 4>(work, work_offsets, K, dim, nrows, x, z,
+        chain_inverse_block_rows<BLOCK_ROWS / 4>(kinds, work, work_offsets, K, dim, nrows, x, z,
                                                  log_det, scratch);
     } else if (nrows <= BLOCK_ROWS / 2) {
-        chain_inverse_block_rows<BLOCK_ROWS / 2>(work, work_offsets, K, dim, nrows, x, z,
+        chain_inverse_block_rows<BLOCK_ROWS / 2>(kinds, work, work_offsets, K, dim, nrows, x, z,
                                                  log_det, scratch);
     } else {
-        chain_inverse_block_rows<BLOCK_ROWS>(work, work_offsets, K, dim, nrows, x, z, log_det,
-                                             scratch);
+        chain_inverse_block_rows<BLOCK_ROWS>(kinds, work, work_offsets, K, dim, nrows, x, z,
+                                             log_det, scratch);
     }
 }
 
-/* The VJP of a planar-only chain's inverse for one block: the inverse is
- * recomputed layer by layer (K-1 first), keeping each layer's output v_k
- * and its t, hp (so no layer is solved twice), then the cotangent runs from
- * z = v_0 back to x through layers 0 .. K-1 (planar_inverse_backward_row):
+/* The inverse VJP of a scale (z = x / a) or shift (z = x - b) layer for a
+ * block, zt = its output: g_x = g_z / a, dL/da -= sum g_x z, acc[dim] -=
+ * sum g (the log-det's), resp. g_x = g_z, dL/db -= sum g_z
+ * (scale_inverse_backward_row, shift_inverse_backward_row). */
+template <typename T>
+PFC_VM_INLINE void elementwise_inverse_vjp_block(int kind, const T* work, int dim, const T* zt,
+                                                 T* gt, const T* gld, T* acc) {
+    const bool scale = kind == KIND_SCALE;
+    for (int i = 0; i < dim; ++i) {
+        T* gi = gt + (index_t)i * BLOCK_ROWS;
+        const T* zi = zt + (index_t)i * BLOCK_ROWS;
+        const T ai = scale ? work[i] : T(1);
+        T part[LANES] = {};
+        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const int r = r0 + l;
+                const T g = scale ? gi[r] / ai : gi[r];
+                part[l] += scale ? g * zi[r] : g;
+                gi[r] = g;
+            }
+        }
+        acc[i] -= lane_sum(part);
+    }
+    if (scale) {
+        T part[LANES] = {};
+        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+            for (int l = 0; l < LANES; ++l) part[l] += gld[r0 + l];
+        }
+        acc[dim] -= lane_sum(part);
+    }
+}
+
+/* The VJP of the inverse of a chain of planar, scale and shift layers for
+ * one block: the inverse is recomputed layer by layer (K-1 first), keeping
+ * each layer's output v_k and a planar layer's t, hp (so no layer is solved
+ * twice), then the cotangent runs from z = v_0 back to x through layers
+ * 0 .. K-1; for a planar one (planar_inverse_backward_row):
  *   d = hp/D (uhat.g_z - 2 g c t / D),  g_x = g_z - d w,
  *   acc: dL/duhat -= t g_x + (g hp / D) w,  dL/dw -= d v_k + (g hp / D) uhat,
  *   dL/db -= d,
@@ -871,7 +943,7 @@ PFC_HOSTDEVICE PFC_INLINE long long chain_inverse_backward_scratch_size(int K, i
 }
 
 template <typename T>
-PFC_VM_INLINE void chain_inverse_backward_block_impl(const T* work,
+PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* work,
                                                      const long long* work_offsets,
                                                      const long long* acc_offsets, int K,
                                                      int dim, index_t nrows, const T* x,
@@ -890,6 +962,14 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const T* work,
         const T* wk = work + work_offsets[k];
         const T* in = k == K - 1 ? gt : stack + (k + 1) * stride;
         T* t = act + 2 * (index_t)k * BLOCK_ROWS;
+        if (kinds[k] == KIND_SCALE) {
+            scale_inverse_block<BLOCK_ROWS>(wk, dim, in, stack + k * stride);
+            continue;
+        }
+        if (kinds[k] == KIND_SHIFT) {
+            shift_inverse_block<BLOCK_ROWS>(wk, dim, in, stack + k * stride);
+            continue;
+        }
         block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, y);
         planar_solve_block<BLOCK_ROWS>(wk, dim, y, t, t + BLOCK_ROWS, tmp);
         for (int r = 0; r < BLOCK_ROWS; ++r) y[r] = -t[r];
@@ -898,6 +978,11 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const T* work,
     load_block<BLOCK_ROWS>(grad_z, dim, nrows, gt);
     for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
+        if (kinds[k] != KIND_PLANAR) {
+            elementwise_inverse_vjp_block(kinds[k], wk, dim, stack + k * stride, gt, gld,
+                                          acc + acc_offsets[k]);
+            continue;
+        }
         const T c = wk[2 * dim + 1], sp = wk[2 * dim + 2];
         const T* t = act + 2 * (index_t)k * BLOCK_ROWS;
         const T* hp = t + BLOCK_ROWS;
@@ -1169,16 +1254,16 @@ PFC_DEFINE_BLOCK_DISPATCH(chain_forward_block,
     (kinds, work, work_offsets, K, dim, nrows, prefetch, z, x, log_det, scratch))
 
 PFC_DEFINE_BLOCK_DISPATCH(chain_inverse_block,
-    (const T* work, const long long* work_offsets, int K, int dim, index_t nrows, const T* x,
-     T* z, T* log_det, T* scratch),
-    (work, work_offsets, K, dim, nrows, x, z, log_det, scratch))
+    (const int* kinds, const T* work, const long long* work_offsets, int K, int dim,
+     index_t nrows, const T* x, T* z, T* log_det, T* scratch),
+    (kinds, work, work_offsets, K, dim, nrows, x, z, log_det, scratch))
 
 PFC_DEFINE_BLOCK_DISPATCH(chain_inverse_backward_block,
-    (const T* work, const long long* work_offsets, const long long* acc_offsets, int K,
-     int dim, index_t nrows, const T* x, const T* grad_z, const T* grad_log_det, T* grad_x,
-     T* acc, T* scratch),
-    (work, work_offsets, acc_offsets, K, dim, nrows, x, grad_z, grad_log_det, grad_x, acc,
-     scratch))
+    (const int* kinds, const T* work, const long long* work_offsets,
+     const long long* acc_offsets, int K, int dim, index_t nrows, const T* x,
+     const T* grad_z, const T* grad_log_det, T* grad_x, T* acc, T* scratch),
+    (kinds, work, work_offsets, acc_offsets, K, dim, nrows, x, grad_z, grad_log_det, grad_x,
+     acc, scratch))
 
 PFC_DEFINE_BLOCK_DISPATCH(chain_backward_block,
     (const int* kinds, const T* work, const long long* work_offsets,

@@ -21,7 +21,7 @@ CUDA kernels run, one thread per row.
   transcendentals, compiled for baseline x86-64, AVX2 and AVX-512 and picked
   at run time); smaller ones take the row functions, whose cost does not
   depend on a block size.
-* inverse: for runs of planar layers only, the block kernel of
+* inverse: for runs of planar, scale and shift layers, the block kernel of
   ``csrc/rowwise_cpu.h`` (every layer's Newton solve for a block of rows at
   once, vectorised, the rare rows it does not settle handed to the row
   function); otherwise the row functions.  Both dynamically scheduled,
@@ -30,12 +30,13 @@ CUDA kernels run, one thread per row.
   recomputed keeping every layer's input block, then the layers'
   vector-Jacobian products run in reverse, planar and radial layers
   vectorised.
-* inverse_backward: for runs of planar layers only, block by block: the
-  inverse is recomputed with the block solve, keeping each layer's output
-  and its t and hp, then the layers' vector-Jacobian products run first to
-  last, vectorised.  Otherwise per row: the inverse is recomputed through the
-  run, keeping the K layer inputs of that one row in a small per-thread
-  stack, then the layers' vector-Jacobian products run first to last.
+* inverse_backward: for runs of planar, scale and shift layers, block by
+  block: the inverse is recomputed with the block solve, keeping each
+  layer's output (and a planar layer's t and hp), then the layers'
+  vector-Jacobian products run first to last, vectorised.  Otherwise per
+  row: the inverse is recomputed through the run, keeping the K layer inputs
+  of that one row in a small per-thread stack, then the layers'
+  vector-Jacobian products run first to last.
 * Parameter gradients go to per-chunk accumulators that are summed in chunk
   order (``_parallel.pxd``), bitwise reproducible for any number of
   threads.
@@ -105,11 +106,11 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
                                  int K, int dim, Py_ssize_t nrows, bint prefetch, const T* z,
                                  const T* grad_x, const T* grad_log_det, T* grad_z, T* acc,
                                  T* scratch)
-    void chain_inverse_block[T](int level, const T* work, const long long* work_offsets, int K,
-                                int dim, Py_ssize_t nrows, const T* x, T* z, T* log_det,
-                                T* scratch)
+    void chain_inverse_block[T](int level, const int* kinds, const T* work,
+                                const long long* work_offsets, int K, int dim,
+                                Py_ssize_t nrows, const T* x, T* z, T* log_det, T* scratch)
     long long chain_inverse_backward_scratch_size(int K, int dim)
-    void chain_inverse_backward_block[T](int level, const T* work,
+    void chain_inverse_backward_block[T](int level, const int* kinds, const T* work,
                                          const long long* work_offsets,
                                          const long long* acc_offsets, int K, int dim,
                                          Py_ssize_t nrows, const T* x, const T* grad_z,
@@ -175,7 +176,7 @@ cdef class RowwiseRun:
     """
 
     cdef int K, dim
-    cdef bint planar_only     # every layer planar: the inverse has block kernels
+    cdef bint block_inverse   # no radial layer: the inverse has block kernels
     cdef int* kinds
     cdef long long* param_offsets
     cdef long long* work_offsets
@@ -194,10 +195,10 @@ cdef class RowwiseRun:
         if not (self.kinds and self.param_offsets and self.work_offsets and self.acc_offsets):
             raise MemoryError()
         self.param_offsets[0] = self.work_offsets[0] = self.acc_offsets[0] = 0
-        self.planar_only = True
+        self.block_inverse = True
         for k in range(self.K):
             self.kinds[k] = int(LayerKind(kinds[k]))
-            self.planar_only = self.planar_only and self.kinds[k] == KIND_PLANAR
+            self.block_inverse = self.block_inverse and self.kinds[k] != KIND_RADIAL
             self.param_offsets[k + 1] = self.param_offsets[k] + num_params[k]
             self.work_offsets[k + 1] = self.work_offsets[k] + layer_work_size(self.kinds[k], dim)
             self.acc_offsets[k + 1] = self.acc_offsets[k] + layer_grad_acc_size(self.kinds[k], dim)
@@ -368,14 +369,14 @@ cdef class RowwiseRun:
 
     cdef int _inverse_ptr(self, const floating* work, Py_ssize_t n, const floating* x,
                           floating* z, floating* log_det) noexcept nogil:
-        # Chains of planar layers only take the block kernel (a vectorised
-        # Newton solve per layer); the rest the row functions.  Both are
-        # dynamically scheduled: rows take varying numbers of steps.
+        # Runs without radial layers take the block kernel (a vectorised
+        # Newton solve per planar layer); the rest the row functions.  Both
+        # are dynamically scheduled: rows take varying numbers of steps.
         cdef Py_ssize_t i, blk, lo
         cdef Py_ssize_t num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
         cdef int K = self.K, dim = self.dim, level, failed = 0
         cdef floating* scratch = NULL
-        if not self.planar_only or n < SMALL_BATCH:
+        if not self.block_inverse or n < SMALL_BATCH:
             if n < MIN_ROWS_PARALLEL:
                 for i in range(n):
                     log_det[i] = self._inverse_row(work, x + i * dim, z + i * dim)
@@ -390,7 +391,7 @@ cdef class RowwiseRun:
                 return 1
             for blk in range(num_blocks):
                 lo = blk * BLOCK_ROWS
-                chain_inverse_block(level, work, self.work_offsets, K, dim,
+                chain_inverse_block(level, self.kinds, work, self.work_offsets, K, dim,
                                     min(<Py_ssize_t>BLOCK_ROWS, n - lo), x + lo * dim,
                                     z + lo * dim, log_det + lo, scratch)
             free(scratch)
@@ -402,7 +403,7 @@ cdef class RowwiseRun:
                     failed += 1
                 else:
                     lo = blk * BLOCK_ROWS
-                    chain_inverse_block(level, work, self.work_offsets, K, dim,
+                    chain_inverse_block(level, self.kinds, work, self.work_offsets, K, dim,
                                         min(<Py_ssize_t>BLOCK_ROWS, n - lo), x + lo * dim,
                                         z + lo * dim, log_det + lo, scratch)
             free(scratch)
@@ -478,7 +479,7 @@ cdef class RowwiseRun:
             self._prepare(&params[0], work)
             for j in range(nc * acc_size):
                 partial[j] = 0
-            if not inverse_map or (self.planar_only and n >= SMALL_BATCH):
+            if not inverse_map or (self.block_inverse and n >= SMALL_BATCH):
                 level = cpu_level()
                 scratch_size = (chain_inverse_backward_scratch_size(K, dim) if inverse_map
                                 else chain_backward_scratch_size(K, dim))
@@ -495,9 +496,9 @@ cdef class RowwiseRun:
                             rows = min(<Py_ssize_t>BLOCK_ROWS, hi - lo)
                             if inverse_map:
                                 chain_inverse_backward_block(
-                                    level, work, self.work_offsets, self.acc_offsets, K, dim,
-                                    rows, &v[lo, 0], &grad_out[lo, 0], &grad_log_det[lo],
-                                    &grad_in[lo, 0], acc, stack)
+                                    level, self.kinds, work, self.work_offsets,
+                                    self.acc_offsets, K, dim, rows, &v[lo, 0], &grad_out[lo, 0],
+                                    &grad_log_det[lo], &grad_in[lo, 0], acc, stack)
                             else:
                                 chain_backward_block(
                                     level, self.kinds, work, self.work_offsets, self.acc_offsets,

@@ -227,18 +227,22 @@ def test_planar_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
 
 
 @pytest.mark.parametrize("direction", ["backward", "inverse_backward"])
-def test_planar_chain_vjps_match_finite_differences_in_blocks(direction):
-    # 40 rows: the block kernels (a short block of 64), forward and inverse.
+@pytest.mark.parametrize("n", [40, 300])
+def test_chain_vjps_match_finite_differences_in_blocks(direction, n):
+    # Planar, scale and shift layers on 40 rows (a short block) and 300 (full
+    # blocks): the block kernels of the forward and of the inverse, and their
+    # VJPs, against central differences.
     rng = np.random.default_rng(5)
-    layers = [pf.Planar(3, rng=rng) for _ in range(4)]
+    layers = [pf.Planar(3), pf.ElementwiseScale(3), pf.Planar(3), pf.Shift(3), pf.Planar(3)]
     for f in layers:
         f.set_params(rng.normal(0.0, 0.7, f.num_params))
+    layers[1].set_params(rng.uniform(0.5, 1.5, 3) * rng.choice([-1.0, 1.0], 3))
     chain = pf.Chain(layers)
-    z = rng.standard_normal((40, 3))
+    z = rng.standard_normal((n, 3))
     grad_v, grad_params, fd_v, fd_params = vjp_and_finite_differences(
         chain, z, direction, np.random.default_rng(6))
     np.testing.assert_allclose(grad_v, fd_v, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(grad_params, fd_params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad_params, fd_params, rtol=1e-5, atol=1e-6 * n)
 
 
 # beta / alpha of each radial layer, by regime (beta >= -alpha is the
