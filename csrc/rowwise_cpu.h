@@ -41,9 +41,10 @@
  * a squared distance that under- or overflows (the row functions rescale).
  * The backward recomputes the forward without log-determinants, which it
  * does not need, keeping t and hp of the planar layers for their VJPs.
- * The inverse of a chain of planar layers runs the same way, last layer
- * first, each layer's root found for the whole block by a vectorised copy
- * of planar_solve (planar_solve_block), and so does its VJP.
+ * The inverse of a chain of planar (and scale and shift) layers runs the
+ * same way, last layer first, each planar layer's root found for the whole
+ * block by a vectorised copy of planar_solve (planar_solve_block), and so
+ * does its VJP.
  */
 #ifndef PFC_ROWWISE_CPU_H
 #define PFC_ROWWISE_CPU_H
@@ -687,7 +688,8 @@ PFC_VM_INLINE void planar_vjp_dims(const T* work, int dim, const T* zt, T* gt, c
 
 /* -- inverse of planar chains -----------------------------------------------
  *
- * A chain of planar layers only, last layer first: per layer Y = w.x + b
+ * A chain of planar layers (scale and shift layers may be among them), last
+ * layer first: per layer Y = w.x + b
  * (block_dot), the root s of s + c tanh(s) = Y for all rows at once, then
  * z = x - uhat t and the log-determinant.  planar_solve_block is
  * planar_solve (planar.h) with every branch a select and every row's
