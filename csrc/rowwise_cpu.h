@@ -814,6 +814,87 @@ PFC_VM_INLINE void shift_inverse_block(const T* work, int dim, const T* xt, T* z
     }
 }
 
+/* The inverse of a radial layer for a block (radial_inverse_row): rho =
+ * |x - z0|, r the root of r^2 + (s - rho) r - alpha rho = 0
+ * (radial_solve_r, without branches), the factors at r as in the forward,
+ * z = z0 + (x - z0) / g; the forward log-determinant is added to log_det
+ * (or, with PROD, its factors multiplied into prod_g, prod_g2).  Rows whose
+ * squared distance under- or overflows, with x = z0, or whose factors
+ * leave vm::log_sum_normal's range take radial_inverse_row (which adds the
+ * negated inverse log-determinant). */
+template <bool PROD, int R, typename T>
+PFC_VM_INLINE void radial_inverse_block(const T* work, int dim, const T* xt, T* zt, T* log_det,
+                                        T* scratch, LogProduct<T> prod_g = LogProduct<T>(),
+                                        LogProduct<T> prod_g2 = LogProduct<T>()) {
+    using vm::detail::select_;
+    const T alpha = work[0], s = work[1], beta = work[2];
+    const T* z0 = work + 3;
+    T* dist2 = scratch;
+    T* m = scratch + BLOCK_ROWS;       /* 1 / g */
+    T* ldk = scratch + 2 * BLOCK_ROWS;
+    T* row = scratch + 3 * BLOCK_ROWS;
+    block_dist2<R>(z0, dim, xt, dist2);
+    const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
+    const T dim_minus_1 = T(dim - 1);
+    const bool multi = dim > 1;
+    const T sqrt_alpha = pfc::sqrt(alpha);
+    int nbad = 0;
+    PFC_SIMD_REDUCE(+ : nbad)
+    for (int r = 0; r < R; ++r) {
+        const T ss = dist2[r];
+        const T rho = pfc::sqrt(ss);
+        const T b = s - rho;
+        const T tq = T(2) * sqrt_alpha * pfc::sqrt(rho);
+        const T ab = vm::detail::fabs_(b);
+        const T hi = select_(ab > tq, ab, tq), lo = select_(ab > tq, tq, ab);
+        const T ratio = lo / hi;
+        const T disc = hi * pfc::sqrt(T(1) + ratio * ratio);
+        const T den = T(0.5) * b + T(0.5) * disc;
+        const T rr = select_(b <= T(0), T(0.5) * disc - T(0.5) * b, (T(0.25) * tq) * (tq / den));
+        const T inv = T(1) / (alpha + rr);
+        const T u = rr * inv, v = alpha * inv;
+        const T gr = s * inv + u;
+        const T g2 = u * (T(1) + v) + s * inv * v;
+        const T q = beta * inv, q2 = q * v;
+        const bool n1 = q > T(-0.5), n2 = q2 > T(-0.5);
+        const T u1 = T(1) + q, u2 = T(1) + q2;
+        const T a1 = select_(n1, u1, gr), a2 = select_(n2, u2, g2);
+        const bool bad = (ss < tiny) | (ss > huge) | !(hi > T(0)) |
+                         !(vm::log_sum_in_range(a1) & vm::log_sum_in_range(a2));
+        if (PROD) {
+            log_product_mul(prod_g, r, q, gr, n1, multi & !bad);
+            log_product_mul(prod_g2, r, q2, g2, n2, !bad);
+            ldk[r] = T(0);
+        } else {
+            T l1, l2;
+            vm::log_sum2_normal(a1, select_(n1, q - (u1 - T(1)), T(0)),
+                                a2, select_(n2, q2 - (u2 - T(1)), T(0)), l1, l2);
+            ldk[r] = select_(bad, T(0), select_(multi, dim_minus_1 * l1, T(0)) + l2);
+        }
+        m[r] = T(1) / gr;
+        nbad += bad;
+        dist2[r] = select_(bad, T(1), T(0));
+    }
+    for (int i = 0; i < dim; ++i) {
+        const T z0i = z0[i];
+        const T* xi = xt + (index_t)i * BLOCK_ROWS;
+        T* zi = zt + (index_t)i * BLOCK_ROWS;
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < R; ++r) {
+            zi[r] = select_(dist2[r] != T(0), xi[r], z0i + m[r] * (xi[r] - z0i));
+        }
+    }
+    if (nbad != 0) {
+        for (int r = 0; r < R; ++r) {
+            if (dist2[r] == T(0)) continue;
+            for (int i = 0; i < dim; ++i) row[i] = PFC_XT(zt, i, r);
+            ldk[r] = -radial_inverse_row(work, dim, row, row);
+            for (int i = 0; i < dim; ++i) PFC_XT(zt, i, r) = row[i];
+        }
+    }
+    for (int r = 0; r < R; ++r) log_det[r] += ldk[r];
+}
+
 /* One block of rows of a chain of planar, scale and shift layers through
  * the inverses of layers K-1 .. 0: z = f^{-1}(x) for rows [0, nrows),
  * log_det = log|det df^{-1}/dx| = -(sum log D + sum log|a|).  Scratch as
@@ -825,19 +906,36 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
                                             T* scratch) {
     T* xt = scratch;
     T* ld = scratch + (index_t)dim * BLOCK_ROWS;
+    /* factors of weight 1 (planar D, radial g2) and dim - 1 (radial g) */
     const LogProduct<T> prod = {ld + BLOCK_ROWS, ld + 2 * BLOCK_ROWS, ld + 3 * BLOCK_ROWS};
-    T* y = ld + 4 * BLOCK_ROWS;
+    const LogProduct<T> weighted = {ld + 4 * BLOCK_ROWS, ld + 5 * BLOCK_ROWS,
+                                    ld + 6 * BLOCK_ROWS};
+    T* y = ld + 7 * BLOCK_ROWS;
     T* t = y + BLOCK_ROWS;
     T* hp = t + BLOCK_ROWS;
-    T* solve = hp + BLOCK_ROWS;     /* 6 * BLOCK_ROWS */
+    T* solve = hp + BLOCK_ROWS;     /* 6 * BLOCK_ROWS, or a radial layer's 3 + a row */
     load_block<R>(x, dim, nrows, xt);
     for (int r = 0; r < R; ++r) ld[r] = T(0);
-    int num_planar = 0;
-    for (int k = 0; k < K; ++k) num_planar += kinds[k] == KIND_PLANAR;
-    const bool product = num_planar > 1;
-    if (product) log_product_init<R>(prod);
+    int num_planar = 0, num_radial = 0;
+    for (int k = 0; k < K; ++k) {
+        num_planar += kinds[k] == KIND_PLANAR;
+        num_radial += kinds[k] == KIND_RADIAL;
+    }
+    const bool product = num_planar + num_radial > 1;
+    if (product) {
+        log_product_init<R>(prod);
+        log_product_init<R>(weighted);
+    }
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
+        if (kinds[k] == KIND_RADIAL) {
+            if (product) {
+                radial_inverse_block<true, R>(wk, dim, xt, xt, ld, solve, weighted, prod);
+            } else {
+                radial_inverse_block<false, R>(wk, dim, xt, xt, ld, solve);
+            }
+            continue;
+        }
         if (kinds[k] == KIND_SCALE) {
             scale_inverse_block<R>(wk, dim, xt, xt);
             for (int r = 0; r < R; ++r) ld[r] += wk[dim];
@@ -874,7 +972,7 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
         for (int r = 0; r < R; ++r) t[r] = -t[r];
         planar_update_block<R>(wk, dim, xt, xt, t);     /* x - uhat t */
     }
-    if (product) log_product_flush<R>(ld, prod, prod, T(0), false);
+    if (product) log_product_flush<R>(ld, prod, weighted, T(dim - 1), num_radial > 0);
     store_block(xt, dim, nrows, z);
     for (index_t r = 0; r < nrows; ++r) log_det[r] = -ld[r];
 }

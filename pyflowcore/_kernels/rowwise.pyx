@@ -21,11 +21,12 @@ CUDA kernels run, one thread per row.
   transcendentals, compiled for baseline x86-64, AVX2 and AVX-512 and picked
   at run time); smaller ones take the row functions, whose cost does not
   depend on a block size.
-* inverse: for runs of planar, scale and shift layers, the block kernel of
-  ``csrc/rowwise_cpu.h`` (every layer's Newton solve for a block of rows at
-  once, vectorised, the rare rows it does not settle handed to the row
-  function); otherwise the row functions.  Both dynamically scheduled,
-  because rows take varying numbers of Newton steps.
+* inverse: batches of at least ``SMALL_BATCH`` rows take the block kernel of
+  ``csrc/rowwise_cpu.h`` (a planar layer's Newton solve for a block of rows
+  at once, a radial layer's closed form, vectorised; the rare rows they do
+  not settle are handed to the row functions), smaller ones the row
+  functions.  Dynamically scheduled: rows take varying numbers of Newton
+  steps.
 * backward: block by block (``csrc/rowwise_cpu.h``), the forward is
   recomputed keeping every layer's input block, then the layers'
   vector-Jacobian products run in reverse, planar and radial layers
@@ -176,7 +177,7 @@ cdef class RowwiseRun:
     """
 
     cdef int K, dim
-    cdef bint block_inverse   # no radial layer: the inverse has block kernels
+    cdef bint block_inverse_vjp   # no radial layer: the inverse VJP has a block kernel
     cdef int* kinds
     cdef long long* param_offsets
     cdef long long* work_offsets
@@ -195,10 +196,10 @@ cdef class RowwiseRun:
         if not (self.kinds and self.param_offsets and self.work_offsets and self.acc_offsets):
             raise MemoryError()
         self.param_offsets[0] = self.work_offsets[0] = self.acc_offsets[0] = 0
-        self.block_inverse = True
+        self.block_inverse_vjp = True
         for k in range(self.K):
             self.kinds[k] = int(LayerKind(kinds[k]))
-            self.block_inverse = self.block_inverse and self.kinds[k] != KIND_RADIAL
+            self.block_inverse_vjp = self.block_inverse_vjp and self.kinds[k] != KIND_RADIAL
             self.param_offsets[k + 1] = self.param_offsets[k] + num_params[k]
             self.work_offsets[k + 1] = self.work_offsets[k] + layer_work_size(self.kinds[k], dim)
             self.acc_offsets[k + 1] = self.acc_offsets[k] + layer_grad_acc_size(self.kinds[k], dim)
@@ -369,14 +370,14 @@ cdef class RowwiseRun:
 
     cdef int _inverse_ptr(self, const floating* work, Py_ssize_t n, const floating* x,
                           floating* z, floating* log_det) noexcept nogil:
-        # Runs without radial layers take the block kernel (a vectorised
-        # Newton solve per planar layer); the rest the row functions.  Both
-        # are dynamically scheduled: rows take varying numbers of steps.
+        # The block kernel (a vectorised Newton solve per planar layer) from
+        # SMALL_BATCH rows on, the row functions below; both dynamically
+        # scheduled: rows take varying numbers of steps.
         cdef Py_ssize_t i, blk, lo
         cdef Py_ssize_t num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
         cdef int K = self.K, dim = self.dim, level, failed = 0
         cdef floating* scratch = NULL
-        if not self.block_inverse or n < SMALL_BATCH:
+        if n < SMALL_BATCH:
             if n < MIN_ROWS_PARALLEL:
                 for i in range(n):
                     log_det[i] = self._inverse_row(work, x + i * dim, z + i * dim)
@@ -479,7 +480,7 @@ cdef class RowwiseRun:
             self._prepare(&params[0], work)
             for j in range(nc * acc_size):
                 partial[j] = 0
-            if not inverse_map or (self.block_inverse and n >= SMALL_BATCH):
+            if not inverse_map or (self.block_inverse_vjp and n >= SMALL_BATCH):
                 level = cpu_level()
                 scratch_size = (chain_inverse_backward_scratch_size(K, dim) if inverse_map
                                 else chain_backward_scratch_size(K, dim))

@@ -113,13 +113,17 @@ def test_inverse_round_trip_in_hard_cases(log_alpha, s_rel, dim, dtype):
     alpha = math.exp(log_alpha)
     flow = radial(dim, log_alpha, alpha * s_rel, np.zeros(dim), dtype)
     rng = np.random.default_rng(1)
-    for scale in SCALES[dtype]:
-        z = points(rng, 4, dim, 0.0, scale * min(alpha, 1.0)).astype(dtype)
+    batches = [points(rng, 8, dim, 0.0, scale * min(alpha, 1.0)).astype(dtype)
+               for scale in SCALES[dtype]]
+    # Each scale alone (8 rows: the row functions), then all at once (40
+    # rows: the vectorised block kernels, which hand the rows whose squared
+    # distance under- or overflows to the row functions).
+    for z in batches + [np.concatenate(batches)]:
         x, log_det = flow.forward(z)
         z_back, log_det_inv = flow.inverse(x)
         assert np.all(np.isfinite(x)) and np.all(np.isfinite(z_back))
         tol = EPS[dtype] * np.maximum(rowmax(z), rowmax(x))
-        assert np.all(rowmax(z_back - z) <= tol), (scale, rowmax(z_back - z) / tol)
+        assert np.all(rowmax(z_back - z) <= tol), rowmax(z_back - z) / tol
         np.testing.assert_allclose(log_det_inv, -log_det, rtol=0,
                                    atol=100 * EPS[dtype] * max(1.0, np.abs(log_det).max()))
 
@@ -133,12 +137,12 @@ def test_inverse_round_trip_off_origin(log_alpha, s_rel, dim):
     rng = np.random.default_rng(2)
     z0 = rng.uniform(-1, 1, dim)
     flow = radial(dim, log_alpha, alpha * s_rel, z0)
-    for scale in SCALES["float64"]:
-        z = points(rng, 4, dim, z0, scale)
+    batches = [points(rng, 8, dim, z0, scale) for scale in SCALES["float64"]]
+    for z in batches + [np.concatenate(batches)]:   # row functions, then blocks
         x, log_det = flow.forward(z)
         z_back, log_det_inv = flow.inverse(x)
         tol = 1e-13 * (rowmax(z) + rowmax(x) + np.abs(z0).max())
-        assert np.all(rowmax(z_back - z) <= tol), (scale, rowmax(z_back - z) / tol)
+        assert np.all(rowmax(z_back - z) <= tol), rowmax(z_back - z) / tol
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -152,6 +156,10 @@ def test_inverse_at_the_centre_is_exact(s_rel, dtype):
     np.testing.assert_array_equal(z, z0)
     # At r = 0 both factors of the determinant are (alpha + beta) / alpha.
     np.testing.assert_allclose(log_det_inv, -dim * math.log(s_rel), rtol=EPS[dtype] * 10)
+    # The same in a batch that takes the block kernel.
+    zs, lds = flow.inverse(np.tile(z0, (40, 1)))
+    np.testing.assert_array_equal(zs, np.tile(z0, (40, 1)))
+    np.testing.assert_allclose(lds, -dim * math.log(s_rel), rtol=EPS[dtype] * 10)
     x, log_det = flow.forward(z0)
     np.testing.assert_array_equal(x, z0)
     np.testing.assert_allclose(log_det, -log_det_inv, rtol=EPS[dtype] * 10)
@@ -165,6 +173,9 @@ def test_collapsed_centre_when_beta_is_minus_alpha():
     z, log_det_inv = flow.inverse([1.0, 2.0])
     np.testing.assert_array_equal(z, [1.0, 2.0])
     assert log_det_inv == np.inf
+    zs, lds = flow.inverse(np.tile([1.0, 2.0], (40, 1)))   # the block kernel
+    np.testing.assert_array_equal(zs, np.tile([1.0, 2.0], (40, 1)))
+    assert np.all(lds == np.inf)
     x = np.array([[1.0 + 1e-3, 2.0], [4.0, -2.0]])
     np.testing.assert_allclose(flow.forward(flow.inverse(x)[0])[0], x, rtol=1e-12)
 
