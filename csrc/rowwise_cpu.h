@@ -41,10 +41,10 @@
  * a squared distance that under- or overflows (the row functions rescale).
  * The backward recomputes the forward without log-determinants, which it
  * does not need, keeping t and hp of the planar layers for their VJPs.
- * The inverse of a chain of planar (and scale and shift) layers runs the
- * same way, last layer first, each planar layer's root found for the whole
- * block by a vectorised copy of planar_solve (planar_solve_block), and so
- * does its VJP.
+ * The inverse of a chain runs the same way, last layer first, each planar
+ * layer's root found for the whole block by a vectorised copy of
+ * planar_solve (planar_solve_block), a radial layer's by its closed form;
+ * and so does the inverse's VJP when the chain has no radial layer.
  */
 #ifndef PFC_ROWWISE_CPU_H
 #define PFC_ROWWISE_CPU_H
@@ -686,10 +686,9 @@ PFC_VM_INLINE void planar_vjp_dims(const T* work, int dim, const T* zt, T* gt, c
     }
 }
 
-/* -- inverse of planar chains -----------------------------------------------
+/* -- inverse ----------------------------------------------------------------
  *
- * A chain of planar layers (scale and shift layers may be among them), last
- * layer first: per layer Y = w.x + b
+ * A chain's inverse runs last layer first.  A planar layer: Y = w.x + b
  * (block_dot), the root s of s + c tanh(s) = Y for all rows at once, then
  * z = x - uhat t and the log-determinant.  planar_solve_block is
  * planar_solve (planar.h) with every branch a select and every row's
@@ -895,9 +894,9 @@ PFC_VM_INLINE void radial_inverse_block(const T* work, int dim, const T* xt, T* 
     for (int r = 0; r < R; ++r) log_det[r] += ldk[r];
 }
 
-/* One block of rows of a chain of planar, scale and shift layers through
- * the inverses of layers K-1 .. 0: z = f^{-1}(x) for rows [0, nrows),
- * log_det = log|det df^{-1}/dx| = -(sum log D + sum log|a|).  Scratch as
+/* One block of rows of a chain through the inverses of layers K-1 .. 0:
+ * z = f^{-1}(x) for rows [0, nrows), log_det = log|det df^{-1}/dx| = minus
+ * the forward log-determinants at the points found.  Scratch as
  * chain_block_scratch_size. */
 template <int R, typename T>
 PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
