@@ -455,6 +455,35 @@ PFC_VM_INLINE void block_dist2(const T* z0, int dim, const T* xt, T* dist2) {
     }
 }
 
+/* The log-determinant of a radial layer at one row, from inv = 1/(alpha + r),
+ * u = r inv, v = alpha inv and g = 1 + beta inv: (dim - 1) log g + log g2,
+ * each log1p(beta h) resp. log1p(beta h v) near 1 (as radial_eval), the
+ * two sharing the division of vm::log_sum2_normal; or, with PROD, g and g2
+ * multiplied into prod_g, prod_g2 and 0 returned.  Sets bad where a factor
+ * leaves vm::log_sum_normal's range (nothing is multiplied in then). */
+template <bool PROD, typename T>
+PFC_VM_INLINE T radial_log_det_row(T s, T beta, T inv, T u, T v, T gr, T dim_minus_1, bool& bad,
+                                   int r, LogProduct<T> prod_g, LogProduct<T> prod_g2) {
+    using vm::detail::select_;
+    const T g2 = u * (T(1) + v) + s * inv * v;  /* 1 + beta h + beta h' r */
+    const T q = beta * inv, q2 = q * v;         /* g - 1, g2 - 1 */
+    const bool n1 = q > T(-0.5), n2 = q2 > T(-0.5);
+    const T u1 = T(1) + q, u2 = T(1) + q2;
+    const T a1 = select_(n1, u1, gr), a2 = select_(n2, u2, g2);
+    bad = bad | !(vm::log_sum_in_range(a1) & vm::log_sum_in_range(a2));
+    const bool multi = dim_minus_1 > T(0);
+    if (PROD) {
+        /* g only matters with weight dim - 1 > 0 */
+        log_product_mul(prod_g, r, q, gr, n1, multi & !bad);
+        log_product_mul(prod_g2, r, q2, g2, n2, !bad);
+        return T(0);
+    }
+    T l1, l2;
+    vm::log_sum2_normal(a1, select_(n1, q - (u1 - T(1)), T(0)),
+                        a2, select_(n2, q2 - (u2 - T(1)), T(0)), l1, l2);
+    return select_(multi, dim_minus_1 * l1, T(0)) + l2;
+}
+
 /* Radial: per row the factor g (and with LD the log-determinant, added to
  * log_det), then x = z0 + g (z - z0).  Rows whose squared distance under-
  * or overflows, or whose log arguments leave vm::log_sum_normal's range
@@ -473,7 +502,6 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
     block_dist2<R>(z0, dim, zt, dist2);
     const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
     const T dim_minus_1 = T(dim - 1);
-    const bool multi = dim > 1;
     int nbad = 0;
     PFC_SIMD_REDUCE(+ : nbad)
     for (int r = 0; r < R; ++r) {
@@ -484,23 +512,8 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
         const T gr = s * inv + u;                   /* 1 + beta h */
         bool bad = (ss < tiny) | (ss > huge);
         if (LD) {
-            const T g2 = u * (T(1) + v) + s * inv * v;  /* 1 + beta h + beta h' r */
-            const T q = beta * inv, q2 = q * v;         /* g - 1, g2 - 1 */
-            const bool n1 = q > T(-0.5), n2 = q2 > T(-0.5);
-            const T u1 = T(1) + q, u2 = T(1) + q2;
-            const T a1 = vm::detail::select_(n1, u1, gr), a2 = vm::detail::select_(n2, u2, g2);
-            bad = bad | !(vm::log_sum_in_range(a1) & vm::log_sum_in_range(a2));
-            if (PROD) {
-                /* g only matters with weight dim - 1 > 0 */
-                log_product_mul(prod_g, r, q, gr, n1, multi & !bad);
-                log_product_mul(prod_g2, r, q2, g2, n2, !bad);
-                ldk[r] = T(0);
-            } else {
-                T l1, l2;
-                vm::log_sum2_normal(a1, vm::detail::select_(n1, q - (u1 - T(1)), T(0)),
-                                    a2, vm::detail::select_(n2, q2 - (u2 - T(1)), T(0)), l1, l2);
-                ldk[r] = vm::detail::select_(multi, dim_minus_1 * l1, T(0)) + l2;
-            }
+            ldk[r] = radial_log_det_row<PROD>(s, beta, inv, u, v, gr, dim_minus_1, bad, r,
+                                              prod_g, prod_g2);
         }
         g[r] = gr;
         nbad += bad;
@@ -835,7 +848,6 @@ PFC_VM_INLINE void radial_inverse_block(const T* work, int dim, const T* xt, T* 
     block_dist2<R>(z0, dim, xt, dist2);
     const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
     const T dim_minus_1 = T(dim - 1);
-    const bool multi = dim > 1;
     const T sqrt_alpha = pfc::sqrt(alpha);
     int nbad = 0;
     PFC_SIMD_REDUCE(+ : nbad)
@@ -853,23 +865,9 @@ PFC_VM_INLINE void radial_inverse_block(const T* work, int dim, const T* xt, T* 
         const T inv = T(1) / (alpha + rr);
         const T u = rr * inv, v = alpha * inv;
         const T gr = s * inv + u;
-        const T g2 = u * (T(1) + v) + s * inv * v;
-        const T q = beta * inv, q2 = q * v;
-        const bool n1 = q > T(-0.5), n2 = q2 > T(-0.5);
-        const T u1 = T(1) + q, u2 = T(1) + q2;
-        const T a1 = select_(n1, u1, gr), a2 = select_(n2, u2, g2);
-        const bool bad = (ss < tiny) | (ss > huge) | !(hi > T(0)) |
-                         !(vm::log_sum_in_range(a1) & vm::log_sum_in_range(a2));
-        if (PROD) {
-            log_product_mul(prod_g, r, q, gr, n1, multi & !bad);
-            log_product_mul(prod_g2, r, q2, g2, n2, !bad);
-            ldk[r] = T(0);
-        } else {
-            T l1, l2;
-            vm::log_sum2_normal(a1, select_(n1, q - (u1 - T(1)), T(0)),
-                                a2, select_(n2, q2 - (u2 - T(1)), T(0)), l1, l2);
-            ldk[r] = select_(bad, T(0), select_(multi, dim_minus_1 * l1, T(0)) + l2);
-        }
+        bool bad = (ss < tiny) | (ss > huge) | !(hi > T(0));
+        ldk[r] = radial_log_det_row<PROD>(s, beta, inv, u, v, gr, dim_minus_1, bad, r, prod_g,
+                                          prod_g2);
         m[r] = T(1) / gr;
         nbad += bad;
         dist2[r] = select_(bad, T(1), T(0));
