@@ -826,6 +826,21 @@ PFC_VM_INLINE void shift_inverse_block(const T* work, int dim, const T* xt, T* z
     }
 }
 
+/* The non-negative root r of r^2 + (s - rho) r - alpha rho = 0 for rho > 0
+ * (radial_solve_r without branches; sqrt_alpha = sqrt(alpha)). */
+template <typename T>
+PFC_VM_INLINE T radial_root_row(T sqrt_alpha, T s, T rho) {
+    using vm::detail::select_;
+    const T b = s - rho;
+    const T tq = T(2) * sqrt_alpha * pfc::sqrt(rho);
+    const T ab = vm::detail::fabs_(b);
+    const T hi = select_(ab > tq, ab, tq), lo = select_(ab > tq, tq, ab);
+    const T ratio = lo / hi;
+    const T disc = hi * pfc::sqrt(T(1) + ratio * ratio);
+    const T den = T(0.5) * b + T(0.5) * disc;
+    return select_(b <= T(0), T(0.5) * disc - T(0.5) * b, (T(0.25) * tq) * (tq / den));
+}
+
 /* The inverse of a radial layer for a block (radial_inverse_row): rho =
  * |x - z0|, r the root of r^2 + (s - rho) r - alpha rho = 0
  * (radial_solve_r, without branches), the factors at r as in the forward,
@@ -853,19 +868,11 @@ PFC_VM_INLINE void radial_inverse_block(const T* work, int dim, const T* xt, T* 
     PFC_SIMD_REDUCE(+ : nbad)
     for (int r = 0; r < R; ++r) {
         const T ss = dist2[r];
-        const T rho = pfc::sqrt(ss);
-        const T b = s - rho;
-        const T tq = T(2) * sqrt_alpha * pfc::sqrt(rho);
-        const T ab = vm::detail::fabs_(b);
-        const T hi = select_(ab > tq, ab, tq), lo = select_(ab > tq, tq, ab);
-        const T ratio = lo / hi;
-        const T disc = hi * pfc::sqrt(T(1) + ratio * ratio);
-        const T den = T(0.5) * b + T(0.5) * disc;
-        const T rr = select_(b <= T(0), T(0.5) * disc - T(0.5) * b, (T(0.25) * tq) * (tq / den));
+        const T rr = radial_root_row(sqrt_alpha, s, pfc::sqrt(ss));
         const T inv = T(1) / (alpha + rr);
         const T u = rr * inv, v = alpha * inv;
         const T gr = s * inv + u;
-        bool bad = (ss < tiny) | (ss > huge) | !(hi > T(0));
+        bool bad = (ss < tiny) | (ss > huge);
         ldk[r] = radial_log_det_row<PROD>(s, beta, inv, u, v, gr, dim_minus_1, bad, r, prod_g,
                                           prod_g2);
         m[r] = T(1) / gr;
@@ -1024,19 +1031,115 @@ PFC_VM_INLINE void elementwise_inverse_vjp_block(int kind, const T* work, int di
     }
 }
 
-/* The VJP of the inverse of a chain of planar, scale and shift layers for
- * one block: the inverse is recomputed layer by layer (K-1 first), keeping
- * each layer's output v_k and a planar layer's t, hp (so no layer is solved
- * twice), then the cotangent runs from z = v_0 back to x through layers
- * 0 .. K-1; for a planar one (planar_inverse_backward_row):
+/* The inverse VJP of a radial layer for a block (radial_inverse_backward_row),
+ * xt = the layer's input x: the root r, the factors and m = 1/g recomputed
+ * as in radial_inverse_block, P = g_z.(x - z0), then with
+ * a1 = -(m P + (dim-1) gld), a2 = -gld:
+ *   l_r = -beta h (a1/(s+r) + 2 a2 alpha h^2/g2), rho_bar = l_r / g2,
+ *   g_x = m g_z + (rho_bar / rho) (x - z0),   dL/dz0 += g_z - g_x,
+ *   dL/dalpha += l_alpha + rho_bar u g,       dL/ds += l_s - rho_bar u.
+ * Rows whose squared distance under- or overflows (and x = z0) take the row
+ * function; padding rows have zero cotangents and add nothing. */
+template <typename T>
+PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt, T* gt,
+                                            const T* gld, index_t nrows, T* acc, T* scratch) {
+    using vm::detail::select_;
+    const T alpha = work[0], s = work[1], beta = work[2];
+    const T* z0 = work + 3;
+    T* dist2 = scratch;                 /* then the row's flag */
+    T* mg = scratch + BLOCK_ROWS;       /* m = 1/g */
+    T* cr = scratch + 2 * BLOCK_ROWS;   /* rho_bar / rho */
+    T* pp = scratch + 3 * BLOCK_ROWS;   /* P */
+    T* row = scratch + 4 * BLOCK_ROWS;  /* 2 * dim */
+    block_dist2<BLOCK_ROWS>(z0, dim, xt, dist2);
+    for (int r = 0; r < BLOCK_ROWS; ++r) pp[r] = T(0);
+    for (int i = 0; i < dim; ++i) {
+        const T z0i = z0[i];
+        const T* xi = xt + (index_t)i * BLOCK_ROWS;
+        const T* gi = gt + (index_t)i * BLOCK_ROWS;
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < BLOCK_ROWS; ++r) pp[r] += gi[r] * (xi[r] - z0i);
+    }
+    const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
+    const T dim_minus_1 = T(dim - 1);
+    const T sqrt_alpha = pfc::sqrt(alpha);
+    T sum_a[LANES] = {}, sum_s[LANES] = {};
+    int nbad = 0;
+    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+      PFC_SIMD_REDUCE(+ : nbad)
+      for (int l = 0; l < LANES; ++l) {
+        const int r = r0 + l;
+        const T ss = dist2[r];
+        const T rho = pfc::sqrt(ss);
+        const T rr = radial_root_row(sqrt_alpha, s, rho);
+        const T inv = T(1) / (alpha + rr);
+        const T u = rr * inv, v = alpha * inv;
+        const T g = s * inv + u;
+        const T g2 = u * (T(1) + v) + s * inv * v;
+        const T m = T(1) / g;
+        const T inv_sr = T(1) / (s + rr);
+        const T a1 = -(m * pp[r] + dim_minus_1 * gld[r]);
+        const T a2 = -gld[r];
+        const T vh_g2 = v * inv / g2;
+        const T l_r = -beta * inv * (a1 * inv_sr + T(2) * a2 * vh_g2);
+        const T l_alpha = -a1 * inv + a2 * ((T(2) * u + s * inv) * inv / g2 - T(2) * inv);
+        const T l_s = a1 * inv_sr + a2 * vh_g2;
+        const T rho_bar = l_r / g2;
+        const bool bad = (ss < tiny) | (ss > huge);
+        sum_a[l] += select_(bad, T(0), l_alpha + rho_bar * u * g);
+        sum_s[l] += select_(bad, T(0), l_s - rho_bar * u);
+        nbad += bad;
+        mg[r] = m;
+        cr[r] = rho_bar / rho;
+        dist2[r] = select_(bad, T(1), T(0));
+      }
+    }
+    acc[0] += lane_sum(sum_a);
+    acc[1] += lane_sum(sum_s);
+    for (int i = 0; i < dim; ++i) {
+        const T z0i = z0[i];
+        const T* xi = xt + (index_t)i * BLOCK_ROWS;
+        T* gi = gt + (index_t)i * BLOCK_ROWS;
+        T a[LANES] = {};
+        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const int r = r0 + l;
+                const T gz = gi[r];
+                const T gx = select_(dist2[r] != T(0), gz, mg[r] * gz + cr[r] * (xi[r] - z0i));
+                a[l] += gz - gx;
+                gi[r] = gx;
+            }
+        }
+        acc[2 + i] += lane_sum(a);
+    }
+    if (nbad != 0) {
+        T* xr = row;
+        T* gr = row + dim;
+        for (index_t r = 0; r < nrows; ++r) {
+            if (dist2[r] == T(0)) continue;
+            for (int i = 0; i < dim; ++i) {
+                xr[i] = PFC_XT(xt, i, r);
+                gr[i] = PFC_XT(gt, i, r);
+            }
+            radial_inverse_backward_row(work, dim, xr, gr, gld[r], gr, acc);
+            for (int i = 0; i < dim; ++i) PFC_XT(gt, i, r) = gr[i];
+        }
+    }
+}
+
+/* The VJP of a chain's inverse for one block: the inverse is recomputed
+ * layer by layer (K-1 first), keeping each layer's output v_k and a planar
+ * layer's t, hp (so no planar layer is solved twice), then the cotangent
+ * runs from z = v_0 back to x = v_K through layers 0 .. K-1; for a planar
+ * one (planar_inverse_backward_row):
  *   d = hp/D (uhat.g_z - 2 g c t / D),  g_x = g_z - d w,
  *   acc: dL/duhat -= t g_x + (g hp / D) w,  dL/dw -= d v_k + (g hp / D) uhat,
  *   dL/db -= d,
  * g being the cotangent of log_det_inv.  Padding rows have zero
  * cotangents and add nothing. */
 PFC_HOSTDEVICE PFC_INLINE long long chain_inverse_backward_scratch_size(int K, int dim) {
-    return ((long long)K + 1) * dim * BLOCK_ROWS + (2LL * K + 10) * BLOCK_ROWS +
-           2LL * dim * LANES;
+    return ((long long)K + 2) * dim * BLOCK_ROWS + (2LL * K + 10) * BLOCK_ROWS + 2LL * dim;
 }
 
 template <typename T>
@@ -1047,18 +1150,23 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
                                                      const T* grad_z, const T* grad_log_det,
                                                      T* grad_x, T* acc, T* scratch) {
     const index_t stride = (index_t)dim * BLOCK_ROWS;
-    T* stack = scratch;                      /* v_0 .. v_{K-1} */
-    T* gt = stack + K * stride;              /* x, then the cotangent */
-    T* act = gt + stride;                    /* t and hp of each layer */
+    T* stack = scratch;                      /* v_0 .. v_{K-1}, and v_K = x */
+    T* gt = stack + (K + 1) * stride;        /* the cotangent */
+    T* act = gt + stride;                    /* t and hp of each planar layer */
     T* gld = act + 2 * (index_t)K * BLOCK_ROWS;
     T* y = gld + BLOCK_ROWS;
-    T* tmp = y + BLOCK_ROWS;                 /* the solve's 6 * BLOCK_ROWS */
-    load_block<BLOCK_ROWS>(x, dim, nrows, gt);
+    T* tmp = y + BLOCK_ROWS;                 /* 6 * BLOCK_ROWS + 2 * dim */
+    load_block<BLOCK_ROWS>(x, dim, nrows, stack + K * stride);
     for (index_t r = 0; r < BLOCK_ROWS; ++r) gld[r] = r < nrows ? grad_log_det[r] : T(0);
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
-        const T* in = k == K - 1 ? gt : stack + (k + 1) * stride;
+        const T* in = stack + (k + 1) * stride;
         T* t = act + 2 * (index_t)k * BLOCK_ROWS;
+        if (kinds[k] == KIND_RADIAL) {
+            for (int r = 0; r < BLOCK_ROWS; ++r) y[r] = T(0);   /* log-dets, not needed */
+            radial_inverse_block<false, BLOCK_ROWS>(wk, dim, in, stack + k * stride, y, tmp);
+            continue;
+        }
         if (kinds[k] == KIND_SCALE) {
             scale_inverse_block<BLOCK_ROWS>(wk, dim, in, stack + k * stride);
             continue;
@@ -1075,6 +1183,11 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
     load_block<BLOCK_ROWS>(grad_z, dim, nrows, gt);
     for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
+        if (kinds[k] == KIND_RADIAL) {
+            radial_inverse_vjp_block(wk, dim, stack + (k + 1) * stride, gt, gld, nrows,
+                                     acc + acc_offsets[k], tmp);
+            continue;
+        }
         if (kinds[k] != KIND_PLANAR) {
             elementwise_inverse_vjp_block(kinds[k], wk, dim, stack + k * stride, gt, gld,
                                           acc + acc_offsets[k]);

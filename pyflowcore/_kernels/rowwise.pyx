@@ -31,13 +31,13 @@ CUDA kernels run, one thread per row.
   recomputed keeping every layer's input block, then the layers'
   vector-Jacobian products run in reverse, planar and radial layers
   vectorised.
-* inverse_backward: for runs of planar, scale and shift layers, block by
-  block: the inverse is recomputed with the block solve, keeping each
-  layer's output (and a planar layer's t and hp), then the layers'
-  vector-Jacobian products run first to last, vectorised.  Otherwise per
-  row: the inverse is recomputed through the run, keeping the K layer inputs
-  of that one row in a small per-thread stack, then the layers'
-  vector-Jacobian products run first to last.
+* inverse_backward: from ``SMALL_BATCH`` rows on block by block: the inverse
+  is recomputed with the block kernels, keeping each layer's output (and a
+  planar layer's t and hp), then the layers' vector-Jacobian products run
+  first to last, vectorised.  Below, per row: the inverse is recomputed
+  through the run, keeping the K layer inputs of that one row in a small
+  per-thread stack, then the layers' vector-Jacobian products run first to
+  last.
 * Parameter gradients go to per-chunk accumulators that are summed in chunk
   order (``_parallel.pxd``), bitwise reproducible for any number of
   threads.
@@ -177,7 +177,6 @@ cdef class RowwiseRun:
     """
 
     cdef int K, dim
-    cdef bint block_inverse_vjp   # no radial layer: the inverse VJP has a block kernel
     cdef int* kinds
     cdef long long* param_offsets
     cdef long long* work_offsets
@@ -196,10 +195,8 @@ cdef class RowwiseRun:
         if not (self.kinds and self.param_offsets and self.work_offsets and self.acc_offsets):
             raise MemoryError()
         self.param_offsets[0] = self.work_offsets[0] = self.acc_offsets[0] = 0
-        self.block_inverse_vjp = True
         for k in range(self.K):
             self.kinds[k] = int(LayerKind(kinds[k]))
-            self.block_inverse_vjp = self.block_inverse_vjp and self.kinds[k] != KIND_RADIAL
             self.param_offsets[k + 1] = self.param_offsets[k] + num_params[k]
             self.work_offsets[k + 1] = self.work_offsets[k] + layer_work_size(self.kinds[k], dim)
             self.acc_offsets[k + 1] = self.acc_offsets[k] + layer_grad_acc_size(self.kinds[k], dim)
@@ -480,7 +477,7 @@ cdef class RowwiseRun:
             self._prepare(&params[0], work)
             for j in range(nc * acc_size):
                 partial[j] = 0
-            if not inverse_map or (self.block_inverse_vjp and n >= SMALL_BATCH):
+            if not inverse_map or n >= SMALL_BATCH:
                 level = cpu_level()
                 scratch_size = (chain_inverse_backward_scratch_size(K, dim) if inverse_map
                                 else chain_backward_scratch_size(K, dim))

@@ -174,6 +174,25 @@ def assert_block_inverse_is_the_row_inverse(chain, z):
     return x
 
 
+def assert_block_inverse_vjp_is_the_row_vjp(chain, x):
+    """inverse_backward from 32 rows on (block kernels) against the row
+    functions on slices of 20 rows, the parameter gradient summed over the
+    slices in float64."""
+    tol = 1000 * np.finfo(x.dtype).eps
+    rng = np.random.default_rng(4)
+    g = rng.standard_normal(x.shape).astype(x.dtype)
+    gld = rng.standard_normal(len(x)).astype(x.dtype)
+    grad_x, grad_params = chain.inverse_backward(x, g, gld)
+    parts = [chain.inverse_backward(x[i:i + 20], g[i:i + 20], gld[i:i + 20])
+             for i in range(0, len(x), 20)]
+    gx_rows = np.concatenate([p[0] for p in parts])
+    gp_rows = np.sum([p[1].astype(np.float64) for p in parts], axis=0)
+    gx_scale = np.abs(gx_rows).max(axis=1, keepdims=True) + 1.0
+    assert np.all(np.abs(grad_x - gx_rows) <= tol * gx_scale)
+    np.testing.assert_allclose(grad_params, gp_rows, rtol=tol,
+                               atol=tol * np.abs(gp_rows).max())
+
+
 # c = w.uhat of each layer, by regime: the product of the layers' factors D
 # near 1 (log1p accuracy must survive), far below 1 (t^2 + hp sp branch; the
 # product underflows float32 unless renormalised), far above 1 (overflows it)
@@ -212,35 +231,22 @@ def test_planar_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
     chain = pf.Chain(layers)
     x = assert_block_inverse_is_the_row_inverse(chain, z)
 
-    # The inverse's VJP too (block kernel vs row functions, the parameter gradient
-    # summed over the slices in float64) where the layers are well
-    # conditioned: with c = -0.999 the VJP's d ~ 1/D^2 turns the two solvers'
-    # ulp-level differences in t into differences far above rounding.
-    if -0.999 in PLANAR_REGIMES[regime]:
-        return
-    tol = 1000 * np.finfo(dtype).eps
-    rng = np.random.default_rng(4)
-    g = rng.standard_normal(x.shape).astype(dtype)
-    gld = rng.standard_normal(len(x)).astype(dtype)
-    grad_x, grad_params = chain.inverse_backward(x, g, gld)
-    parts = [chain.inverse_backward(x[i:i + 20], g[i:i + 20], gld[i:i + 20])
-             for i in range(0, len(x), 20)]
-    gx_rows = np.concatenate([p[0] for p in parts])
-    gp_rows = np.sum([p[1].astype(np.float64) for p in parts], axis=0)
-    gx_scale = np.abs(gx_rows).max(axis=1, keepdims=True) + 1.0
-    assert np.all(np.abs(grad_x - gx_rows) <= tol * gx_scale)
-    np.testing.assert_allclose(grad_params, gp_rows, rtol=tol,
-                               atol=tol * np.abs(gp_rows).max())
+    # The inverse's VJP where the layers are well conditioned: with
+    # c = -0.999 the VJP's d ~ 1/D^2 turns the two solvers' ulp-level
+    # differences in t into differences far above rounding.
+    if -0.999 not in PLANAR_REGIMES[regime]:
+        assert_block_inverse_vjp_is_the_row_vjp(chain, x)
 
 
 @pytest.mark.parametrize("direction", ["backward", "inverse_backward"])
 @pytest.mark.parametrize("n", [40, 300])
 def test_chain_vjps_match_finite_differences_in_blocks(direction, n):
-    # Planar, scale and shift layers on 40 rows (a short block) and 300 (full
+    # Planar, scale, shift and radial layers on 40 rows (a short block) and 300 (full
     # blocks): the block kernels of the forward and of the inverse, and their
     # VJPs, against central differences.
     rng = np.random.default_rng(5)
-    layers = [pf.Planar(3), pf.ElementwiseScale(3), pf.Planar(3), pf.Shift(3), pf.Planar(3)]
+    layers = [pf.Planar(3), pf.ElementwiseScale(3), pf.Radial(3), pf.Planar(3), pf.Shift(3),
+              pf.Radial(3), pf.Planar(3)]
     for f in layers:
         f.set_params(rng.normal(0.0, 0.7, f.num_params))
     layers[1].set_params(rng.uniform(0.5, 1.5, 3) * rng.choice([-1.0, 1.0], 3))
@@ -295,4 +301,6 @@ def test_radial_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
         # rounding of its inverse (an FMA in the vectorised code, a multiply
         # and an add in the row function) by its inverse Jacobian: there the
         # two agree only to ~1e-12 (test_radial checks single layers).
-        assert_block_inverse_is_the_row_inverse(pf.Chain(layers), z)
+        chain = pf.Chain(layers)
+        x = assert_block_inverse_is_the_row_inverse(chain, z)
+        assert_block_inverse_vjp_is_the_row_vjp(chain, x)
