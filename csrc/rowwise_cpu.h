@@ -1031,6 +1031,52 @@ PFC_VM_INLINE void elementwise_inverse_vjp_block(int kind, const T* work, int di
     }
 }
 
+/* The per-dimension part of a radial layer's VJP for a block: g <- m g +
+ * cr (v - z0) row by row (v the points the layer's map is evaluated at) and
+ * dL/dz0_i += sum (g_old - g_new); rows with flag[r] != 0 keep g (the row
+ * function redoes them). */
+template <typename T>
+PFC_VM_INLINE void radial_vjp_dims(const T* z0, int dim, const T* vt, T* gt, const T* m,
+                                   const T* cr, const T* flag, T* acc_z0) {
+    using vm::detail::select_;
+    for (int i = 0; i < dim; ++i) {
+        const T z0i = z0[i];
+        const T* vi = vt + (index_t)i * BLOCK_ROWS;
+        T* gi = gt + (index_t)i * BLOCK_ROWS;
+        T a[LANES] = {};
+        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const int r = r0 + l;
+                const T g = gi[r];
+                const T g_new = select_(flag[r] != T(0), g, m[r] * g + cr[r] * (vi[r] - z0i));
+                a[l] += g - g_new;
+                gi[r] = g_new;
+            }
+        }
+        acc_z0[i] += lane_sum(a);
+    }
+}
+
+/* The flagged rows (flag[r] != 0) of a block through a row VJP function
+ * row_vjp(v, g, gld, acc), v and g copied out of the block and g back. */
+template <typename T, typename RowVjp>
+PFC_VM_INLINE void radial_vjp_flagged_rows(int dim, const T* vt, T* gt, const T* gld,
+                                           const T* flag, index_t nrows, T* row,
+                                           RowVjp row_vjp) {
+    T* vr = row;
+    T* gr = row + dim;
+    for (index_t r = 0; r < nrows; ++r) {
+        if (flag[r] == T(0)) continue;
+        for (int i = 0; i < dim; ++i) {
+            vr[i] = PFC_XT(vt, i, r);
+            gr[i] = PFC_XT(gt, i, r);
+        }
+        row_vjp(vr, gr, gld[r]);
+        for (int i = 0; i < dim; ++i) PFC_XT(gt, i, r) = gr[i];
+    }
+}
+
 /* The inverse VJP of a radial layer for a block (radial_inverse_backward_row),
  * xt = the layer's input x: the root r, the factors and m = 1/g recomputed
  * as in radial_inverse_block, P = g_z.(x - z0), then with
@@ -1096,35 +1142,11 @@ PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt,
     }
     acc[0] += lane_sum(sum_a);
     acc[1] += lane_sum(sum_s);
-    for (int i = 0; i < dim; ++i) {
-        const T z0i = z0[i];
-        const T* xi = xt + (index_t)i * BLOCK_ROWS;
-        T* gi = gt + (index_t)i * BLOCK_ROWS;
-        T a[LANES] = {};
-        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
-            PFC_VM_PRAGMA_SIMD
-            for (int l = 0; l < LANES; ++l) {
-                const int r = r0 + l;
-                const T gz = gi[r];
-                const T gx = select_(dist2[r] != T(0), gz, mg[r] * gz + cr[r] * (xi[r] - z0i));
-                a[l] += gz - gx;
-                gi[r] = gx;
-            }
-        }
-        acc[2 + i] += lane_sum(a);
-    }
+    radial_vjp_dims(z0, dim, xt, gt, mg, cr, dist2, acc + 2);
     if (nbad != 0) {
-        T* xr = row;
-        T* gr = row + dim;
-        for (index_t r = 0; r < nrows; ++r) {
-            if (dist2[r] == T(0)) continue;
-            for (int i = 0; i < dim; ++i) {
-                xr[i] = PFC_XT(xt, i, r);
-                gr[i] = PFC_XT(gt, i, r);
-            }
-            radial_inverse_backward_row(work, dim, xr, gr, gld[r], gr, acc);
-            for (int i = 0; i < dim; ++i) PFC_XT(gt, i, r) = gr[i];
-        }
+        radial_vjp_flagged_rows(dim, xt, gt, gld, dist2, nrows, row, [&](T* v, T* g, T gl) {
+            radial_inverse_backward_row(work, dim, v, g, gl, g, acc);
+        });
     }
 }
 
@@ -1318,36 +1340,11 @@ PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T*
     }
     acc[0] += lane_sum(sum_a);
     acc[1] += lane_sum(sum_s);
-    for (int i = 0; i < dim; ++i) {
-        const T z0i = z0[i];
-        const T* zi = zt + (index_t)i * BLOCK_ROWS;
-        T* gi = gt + (index_t)i * BLOCK_ROWS;
-        T a[LANES] = {};
-        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
-            PFC_VM_PRAGMA_SIMD
-            for (int l = 0; l < LANES; ++l) {
-                const int r = r0 + l;
-                const T gx = gi[r];
-                const T gz = pg[r] * gx + cr[r] * (zi[r] - z0i);
-                const T gz_kept = nbad == 0 ? gz : vm::detail::select_(dist2[r] != T(0), gx, gz);
-                a[l] += gx - gz_kept;
-                gi[r] = gz_kept;
-            }
-        }
-        acc[2 + i] += lane_sum(a);
-    }
+    radial_vjp_dims(z0, dim, zt, gt, pg, cr, dist2, acc + 2);
     if (nbad != 0) {
-        T* zr = row;
-        T* gr = row + dim;
-        for (index_t r = 0; r < nrows; ++r) {
-            if (dist2[r] == T(0)) continue;
-            for (int i = 0; i < dim; ++i) {
-                zr[i] = PFC_XT(zt, i, r);
-                gr[i] = PFC_XT(gt, i, r);
-            }
-            radial_backward_row(work, dim, zr, gr, gld[r], gr, acc);
-            for (int i = 0; i < dim; ++i) PFC_XT(gt, i, r) = gr[i];
-        }
+        radial_vjp_flagged_rows(dim, zt, gt, gld, dist2, nrows, row, [&](T* v, T* g, T gl) {
+            radial_backward_row(work, dim, v, g, gl, g, acc);
+        });
     }
 }
 
