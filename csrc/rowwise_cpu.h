@@ -44,7 +44,7 @@
  * The inverse of a chain runs the same way, last layer first, each planar
  * layer's root found for the whole block by a vectorised copy of
  * planar_solve (planar_solve_block), a radial layer's by its closed form;
- * and so does the inverse's VJP when the chain has no radial layer.
+ * and so does the inverse's VJP.
  */
 #ifndef PFC_ROWWISE_CPU_H
 #define PFC_ROWWISE_CPU_H
