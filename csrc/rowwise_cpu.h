@@ -97,7 +97,7 @@ PFC_VM_INLINE void block_dot(const T* w, T b, int dim, const T* xt, T* s) {
 template <int H, typename T>
 PFC_VM_INLINE void lane_fold(T* a) {
     for (int l = 0; l < H; ++l) a[l] += a[l + H];
-    if (H > 1) lane_fold<(H > 1 ? H / 2 : 1)>(a);
+    if constexpr (H > 1) lane_fold<H / 2>(a);
 }
 template <typename T>
 PFC_VM_INLINE T lane_sum(T* a) {
@@ -330,6 +330,41 @@ PFC_VM_INLINE void log_product_flush(T* log_det, LogProduct<T> ones, LogProduct<
     }
 }
 
+/* A block's log-determinants through a chain: ld summed layer by layer,
+ * and, when the chain has several planar or radial layers, their factors
+ * in two products (weight 1: planar D, radial g2; weight dim - 1: radial
+ * g), in `space` (6 per row), logged once at the end. */
+template <typename T>
+struct ChainLogDet {
+    LogProduct<T> ones, weighted;
+    bool product, radial;
+};
+
+template <int R, typename T>
+PFC_VM_INLINE ChainLogDet<T> chain_log_det_begin(const int* kinds, int K, T* ld, T* space) {
+    ChainLogDet<T> c;
+    c.ones = {space, space + BLOCK_ROWS, space + 2 * BLOCK_ROWS};
+    c.weighted = {space + 3 * BLOCK_ROWS, space + 4 * BLOCK_ROWS, space + 5 * BLOCK_ROWS};
+    int num_planar = 0, num_radial = 0;
+    for (int k = 0; k < K; ++k) {
+        num_planar += kinds[k] == KIND_PLANAR;
+        num_radial += kinds[k] == KIND_RADIAL;
+    }
+    c.product = num_planar + num_radial > 1;
+    c.radial = num_radial > 0;
+    for (int r = 0; r < R; ++r) ld[r] = T(0);
+    if (c.product) {
+        log_product_init<R>(c.ones);
+        log_product_init<R>(c.weighted);
+    }
+    return c;
+}
+
+template <int R, typename T>
+PFC_VM_INLINE void chain_log_det_end(const ChainLogDet<T>& c, int dim, T* ld) {
+    if (c.product) log_product_flush<R>(ld, c.ones, c.weighted, T(dim - 1), c.radial);
+}
+
 /* log D of row r from t and hp, added to log_det[r] or, with PROD,
  * multiplied into prod; false (nothing done) where the factor is out of
  * vm::log_sum_normal's range. */
@@ -384,11 +419,12 @@ PFC_VM_INLINE void planar_act_logdet_block(const T* work, int dim, const T* s, T
     }
 }
 
-/* xt = zt + uhat t^T (xt may be zt). */
-template <int R, typename T>
+/* xt = zt + uhat t^T, or with SUB (the inverse) zt - uhat t^T; xt may be
+ * zt. */
+template <int R, bool SUB = false, typename T>
 PFC_VM_INLINE void planar_update_block(const T* uhat, int dim, const T* zt, T* xt, const T* t) {
     for (int i = 0; i < dim; ++i) {
-        const T ui = uhat[i];
+        const T ui = SUB ? -uhat[i] : uhat[i];
         const T* zi = zt + (index_t)i * BLOCK_ROWS;
         T* xi = xt + (index_t)i * BLOCK_ROWS;
         PFC_VM_PRAGMA_SIMD
@@ -452,6 +488,25 @@ PFC_VM_INLINE void block_dist2(const T* z0, int dim, const T* xt, T* dist2) {
             }
         }
         for (int l = 0; l < LANES; ++l) dist2[r0 + l] = acc[l];
+    }
+}
+
+/* dist2[r] = |vt[:, r] - z0|^2 and dot[r] = gt[:, r].(vt[:, r] - z0), the
+ * squared distance and the projection a radial layer's VJPs need. */
+template <typename T>
+PFC_VM_INLINE void block_dist2_dot(const T* z0, int dim, const T* vt, const T* gt, T* dist2,
+                                   T* dot) {
+    for (int r = 0; r < BLOCK_ROWS; ++r) dist2[r] = dot[r] = T(0);
+    for (int i = 0; i < dim; ++i) {
+        const T z0i = z0[i];
+        const T* vi = vt + (index_t)i * BLOCK_ROWS;
+        const T* gi = gt + (index_t)i * BLOCK_ROWS;
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < BLOCK_ROWS; ++r) {
+            const T di = vi[r] - z0i;
+            dist2[r] += di * di;
+            dot[r] += gi[r] * di;
+        }
     }
 }
 
@@ -594,23 +649,9 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                                             T* log_det, T* scratch) {
     T* xt = scratch;
     T* ld = scratch + (index_t)dim * BLOCK_ROWS;
-    /* factors of weight 1 (planar D, radial g2) and dim - 1 (radial g) */
-    const LogProduct<T> ones = {ld + BLOCK_ROWS, ld + 2 * BLOCK_ROWS, ld + 3 * BLOCK_ROWS};
-    const LogProduct<T> weighted = {ld + 4 * BLOCK_ROWS, ld + 5 * BLOCK_ROWS,
-                                    ld + 6 * BLOCK_ROWS};
     T* rest = ld + 7 * BLOCK_ROWS;
     load_block<R>(z, dim, nrows, xt);
-    int num_planar = 0, num_radial = 0;
-    for (int k = 0; k < K; ++k) {
-        num_planar += kinds[k] == KIND_PLANAR;
-        num_radial += kinds[k] == KIND_RADIAL;
-    }
-    const bool product = num_planar + num_radial > 1;
-    for (int r = 0; r < R; ++r) ld[r] = T(0);
-    if (product) {
-        log_product_init<R>(ones);
-        log_product_init<R>(weighted);
-    }
+    const ChainLogDet<T> lds = chain_log_det_begin<R>(kinds, K, ld, ld + BLOCK_ROWS);
     T* s = rest;
     T* t = rest + BLOCK_ROWS;
     bool have_s = false;   /* s holds this layer's w.z + b */
@@ -623,8 +664,9 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
         switch (kinds[k]) {
             case KIND_PLANAR:
                 if (!have_s) block_dot<R>(wk + dim, wk[2 * dim], dim, xt, s);
-                if (product) {
-                    planar_act_logdet_block<R, true>(wk, dim, s, t, ld, t + BLOCK_ROWS, ones);
+                if (lds.product) {
+                    planar_act_logdet_block<R, true>(wk, dim, s, t, ld, t + BLOCK_ROWS,
+                                                     lds.ones);
                 } else {
                     planar_act_logdet_block<R, false>(wk, dim, s, t, ld, t + BLOCK_ROWS);
                 }
@@ -632,8 +674,9 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                                             work + work_offsets[k + 1], s);
                 break;
             case KIND_RADIAL:
-                if (product) {
-                    radial_forward_block<true, R, true>(wk, dim, xt, xt, ld, rest, weighted, ones);
+                if (lds.product) {
+                    radial_forward_block<true, R, true>(wk, dim, xt, xt, ld, rest, lds.weighted,
+                                                        lds.ones);
                 } else {
                     radial_forward_block<true, R>(wk, dim, xt, xt, ld, rest);
                 }
@@ -643,7 +686,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
         }
         if (kinds[k] != KIND_PLANAR) have_s = false;
     }
-    if (product) log_product_flush<R>(ld, ones, weighted, T(dim - 1), num_radial > 0);
+    chain_log_det_end<R>(lds, dim, ld);
     store_block(xt, dim, nrows, x);
     for (index_t r = 0; r < nrows; ++r) log_det[r] = ld[r];
 }
@@ -802,6 +845,27 @@ PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, 
     }
 }
 
+/* log_det += log D (or, with PROD, D multiplied into prod) for every row
+ * from t and hp; rows out of vm::log_sum_normal's range take planar_log_d.
+ * flag: scratch. */
+template <int R, bool PROD, typename T>
+PFC_VM_INLINE void planar_logdet_block(const T* work, int dim, const T* t, const T* hp,
+                                       T* log_det, T* flag, LogProduct<T> prod) {
+    const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
+    int nout = 0;
+    PFC_SIMD_REDUCE(+ : nout)
+    for (int r = 0; r < R; ++r) {
+        const bool ok = planar_log_d_row<PROD>(c, sp, t[r], hp[r], r, log_det, prod);
+        flag[r] = vm::detail::select_(ok, T(0), T(1));
+        nout += !ok;
+    }
+    if (nout != 0) {
+        for (int r = 0; r < R; ++r) {
+            if (flag[r] != T(0)) log_det[r] += planar_log_d(t[r], hp[r], c, sp);
+        }
+    }
+}
+
 /* Inverses of the elementwise layers on a block: x / a (the row function
  * divides too) and x - b. */
 template <int R, typename T>
@@ -844,12 +908,12 @@ PFC_VM_INLINE T radial_root_row(T sqrt_alpha, T s, T rho) {
 /* The inverse of a radial layer for a block (radial_inverse_row): rho =
  * |x - z0|, r the root of r^2 + (s - rho) r - alpha rho = 0
  * (radial_solve_r, without branches), the factors at r as in the forward,
- * z = z0 + (x - z0) / g; the forward log-determinant is added to log_det
- * (or, with PROD, its factors multiplied into prod_g, prod_g2).  Rows whose
- * squared distance under- or overflows, with x = z0, or whose factors
- * leave vm::log_sum_normal's range take radial_inverse_row (which adds the
- * negated inverse log-determinant). */
-template <bool PROD, int R, typename T>
+ * z = z0 + (x - z0) / g; with LD the forward log-determinant is added to
+ * log_det (or, with PROD, its factors multiplied into prod_g, prod_g2).
+ * Rows whose squared distance under- or overflows, with x = z0, or (LD)
+ * whose factors leave vm::log_sum_normal's range take radial_inverse_row
+ * (which returns the negated log-determinant). */
+template <bool LD, int R, bool PROD = false, typename T>
 PFC_VM_INLINE void radial_inverse_block(const T* work, int dim, const T* xt, T* zt, T* log_det,
                                         T* scratch, LogProduct<T> prod_g = LogProduct<T>(),
                                         LogProduct<T> prod_g2 = LogProduct<T>()) {
@@ -873,8 +937,10 @@ PFC_VM_INLINE void radial_inverse_block(const T* work, int dim, const T* xt, T* 
         const T u = rr * inv, v = alpha * inv;
         const T gr = s * inv + u;
         bool bad = (ss < tiny) | (ss > huge);
-        ldk[r] = radial_log_det_row<PROD>(s, beta, inv, u, v, gr, dim_minus_1, bad, r, prod_g,
-                                          prod_g2);
+        if (LD) {
+            ldk[r] = radial_log_det_row<PROD>(s, beta, inv, u, v, gr, dim_minus_1, bad, r,
+                                              prod_g, prod_g2);
+        }
         m[r] = T(1) / gr;
         nbad += bad;
         dist2[r] = select_(bad, T(1), T(0));
@@ -896,7 +962,9 @@ PFC_VM_INLINE void radial_inverse_block(const T* work, int dim, const T* xt, T* 
             for (int i = 0; i < dim; ++i) PFC_XT(zt, i, r) = row[i];
         }
     }
-    for (int r = 0; r < R; ++r) log_det[r] += ldk[r];
+    if (LD) {
+        for (int r = 0; r < R; ++r) log_det[r] += ldk[r];
+    }
 }
 
 /* One block of rows of a chain through the inverses of layers K-1 .. 0:
@@ -910,33 +978,20 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
                                             T* scratch) {
     T* xt = scratch;
     T* ld = scratch + (index_t)dim * BLOCK_ROWS;
-    /* factors of weight 1 (planar D, radial g2) and dim - 1 (radial g) */
-    const LogProduct<T> prod = {ld + BLOCK_ROWS, ld + 2 * BLOCK_ROWS, ld + 3 * BLOCK_ROWS};
-    const LogProduct<T> weighted = {ld + 4 * BLOCK_ROWS, ld + 5 * BLOCK_ROWS,
-                                    ld + 6 * BLOCK_ROWS};
     T* y = ld + 7 * BLOCK_ROWS;
     T* t = y + BLOCK_ROWS;
     T* hp = t + BLOCK_ROWS;
     T* solve = hp + BLOCK_ROWS;     /* 6 * BLOCK_ROWS, or a radial layer's 3 + a row */
     load_block<R>(x, dim, nrows, xt);
-    for (int r = 0; r < R; ++r) ld[r] = T(0);
-    int num_planar = 0, num_radial = 0;
-    for (int k = 0; k < K; ++k) {
-        num_planar += kinds[k] == KIND_PLANAR;
-        num_radial += kinds[k] == KIND_RADIAL;
-    }
-    const bool product = num_planar + num_radial > 1;
-    if (product) {
-        log_product_init<R>(prod);
-        log_product_init<R>(weighted);
-    }
+    const ChainLogDet<T> lds = chain_log_det_begin<R>(kinds, K, ld, ld + BLOCK_ROWS);
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
         if (kinds[k] == KIND_RADIAL) {
-            if (product) {
-                radial_inverse_block<true, R>(wk, dim, xt, xt, ld, solve, weighted, prod);
+            if (lds.product) {
+                radial_inverse_block<true, R, true>(wk, dim, xt, xt, ld, solve, lds.weighted,
+                                                    lds.ones);
             } else {
-                radial_inverse_block<false, R>(wk, dim, xt, xt, ld, solve);
+                radial_inverse_block<true, R>(wk, dim, xt, xt, ld, solve);
             }
             continue;
         }
@@ -949,34 +1004,16 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
             shift_inverse_block<R>(wk, dim, xt, xt);
             continue;
         }
-        const T c = wk[2 * dim + 1], sp = wk[2 * dim + 2];
         block_dot<R>(wk + dim, wk[2 * dim], dim, xt, y);
         planar_solve_block<R>(wk, dim, y, t, hp, solve);
-        int nout = 0;
-        if (product) {
-            PFC_SIMD_REDUCE(+ : nout)
-            for (int r = 0; r < R; ++r) {
-                const bool ok = planar_log_d_row<true>(c, sp, t[r], hp[r], r, ld, prod);
-                y[r] = vm::detail::select_(ok, T(0), T(1));
-                nout += !ok;
-            }
+        if (lds.product) {
+            planar_logdet_block<R, true>(wk, dim, t, hp, ld, y, lds.ones);
         } else {
-            PFC_SIMD_REDUCE(+ : nout)
-            for (int r = 0; r < R; ++r) {
-                const bool ok = planar_log_d_row<false>(c, sp, t[r], hp[r], r, ld, prod);
-                y[r] = vm::detail::select_(ok, T(0), T(1));
-                nout += !ok;
-            }
+            planar_logdet_block<R, false>(wk, dim, t, hp, ld, y, lds.ones);
         }
-        if (nout != 0) {
-            for (int r = 0; r < R; ++r) {
-                if (y[r] != T(0)) ld[r] += planar_log_d(t[r], hp[r], c, sp);
-            }
-        }
-        for (int r = 0; r < R; ++r) t[r] = -t[r];
-        planar_update_block<R>(wk, dim, xt, xt, t);     /* x - uhat t */
+        planar_update_block<R, true>(wk, dim, xt, xt, t);
     }
-    if (product) log_product_flush<R>(ld, prod, weighted, T(dim - 1), num_radial > 0);
+    chain_log_det_end<R>(lds, dim, ld);
     store_block(xt, dim, nrows, z);
     for (index_t r = 0; r < nrows; ++r) log_det[r] = -ld[r];
 }
@@ -1097,15 +1134,7 @@ PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt,
     T* cr = scratch + 2 * BLOCK_ROWS;   /* rho_bar / rho */
     T* pp = scratch + 3 * BLOCK_ROWS;   /* P */
     T* row = scratch + 4 * BLOCK_ROWS;  /* 2 * dim */
-    block_dist2<BLOCK_ROWS>(z0, dim, xt, dist2);
-    for (int r = 0; r < BLOCK_ROWS; ++r) pp[r] = T(0);
-    for (int i = 0; i < dim; ++i) {
-        const T z0i = z0[i];
-        const T* xi = xt + (index_t)i * BLOCK_ROWS;
-        const T* gi = gt + (index_t)i * BLOCK_ROWS;
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < BLOCK_ROWS; ++r) pp[r] += gi[r] * (xi[r] - z0i);
-    }
+    block_dist2_dot(z0, dim, xt, gt, dist2, pp);
     const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
     const T dim_minus_1 = T(dim - 1);
     const T sqrt_alpha = pfc::sqrt(alpha);
@@ -1185,8 +1214,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
         const T* in = stack + (k + 1) * stride;
         T* t = act + 2 * (index_t)k * BLOCK_ROWS;
         if (kinds[k] == KIND_RADIAL) {
-            for (int r = 0; r < BLOCK_ROWS; ++r) y[r] = T(0);   /* log-dets, not needed */
-            radial_inverse_block<false, BLOCK_ROWS>(wk, dim, in, stack + k * stride, y, tmp);
+            radial_inverse_block<false, BLOCK_ROWS>(wk, dim, in, stack + k * stride, (T*)0, tmp);
             continue;
         }
         if (kinds[k] == KIND_SCALE) {
@@ -1199,8 +1227,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
         }
         block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, y);
         planar_solve_block<BLOCK_ROWS>(wk, dim, y, t, t + BLOCK_ROWS, tmp);
-        for (int r = 0; r < BLOCK_ROWS; ++r) y[r] = -t[r];
-        planar_update_block<BLOCK_ROWS>(wk, dim, in, stack + k * stride, y);
+        planar_update_block<BLOCK_ROWS, true>(wk, dim, in, stack + k * stride, t);
     }
     load_block<BLOCK_ROWS>(grad_z, dim, nrows, gt);
     for (int k = 0; k < K; ++k) {
@@ -1298,18 +1325,7 @@ PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T*
     T* pg = scratch + BLOCK_ROWS;            /* P, then g */
     T* cr = scratch + 2 * BLOCK_ROWS;
     T* row = scratch + 3 * BLOCK_ROWS;       /* 2 * dim */
-    for (int r = 0; r < BLOCK_ROWS; ++r) dist2[r] = pg[r] = T(0);
-    for (int i = 0; i < dim; ++i) {
-        const T z0i = z0[i];
-        const T* zi = zt + (index_t)i * BLOCK_ROWS;
-        const T* gi = gt + (index_t)i * BLOCK_ROWS;
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < BLOCK_ROWS; ++r) {
-            const T di = zi[r] - z0i;
-            dist2[r] += di * di;
-            pg[r] += gi[r] * di;
-        }
-    }
+    block_dist2_dot(z0, dim, zt, gt, dist2, pg);
     const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
     const T dim_minus_1 = T(dim - 1), dim_plus_1 = T(dim + 1);
     T sum_a[LANES] = {}, sum_s[LANES] = {};
@@ -1390,7 +1406,9 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                 have_s = planar_update_next<BLOCK_ROWS>(wk, dim, in, out, t, kinds[k + 1],
                                             work + work_offsets[k + 1], t + 2 * BLOCK_ROWS);
                 break;
-            case KIND_RADIAL: radial_forward_block<false, BLOCK_ROWS>(wk, dim, in, out, (T*)0, tmp); break;
+            case KIND_RADIAL:
+                radial_forward_block<false, BLOCK_ROWS>(wk, dim, in, out, (T*)0, tmp);
+                break;
             case KIND_SCALE: scale_forward_block<BLOCK_ROWS>(wk, dim, in, out, (T*)0); break;
             default: shift_forward_block<BLOCK_ROWS>(wk, dim, in, out);
         }
