@@ -1179,6 +1179,27 @@ PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt,
     }
 }
 
+/* The quadratic loss sum_r (a/2 |y_r|^2 + b ld_r) of a block's output y
+ * (transposed in yt) and log-determinants ld: adds sum |y_r|^2 and sum ld_r
+ * over the real rows to sums[0], sums[1], and turns yt into the cotangent
+ * a y (0 in the padding rows) and gld into b. */
+template <typename T>
+PFC_VM_INLINE void quadratic_cotangent_block(int dim, index_t nrows, T a, T b, const T* ld,
+                                             T* yt, T* gld, double* sums) {
+    double sum_sq = 0, sum_ld = 0;
+    for (index_t r = 0; r < nrows; ++r) sum_ld += ld[r];
+    for (int i = 0; i < dim; ++i) {
+        T* yi = yt + (index_t)i * BLOCK_ROWS;
+        for (index_t r = 0; r < BLOCK_ROWS; ++r) {
+            sum_sq += r < nrows ? (double)yi[r] * yi[r] : 0.0;
+            yi[r] = r < nrows ? a * yi[r] : T(0);
+        }
+    }
+    for (index_t r = 0; r < BLOCK_ROWS; ++r) gld[r] = r < nrows ? b : T(0);
+    sums[0] += sum_sq;
+    sums[1] += sum_ld;
+}
+
 /* The VJP of a chain's inverse for one block: the inverse is recomputed
  * layer by layer (K-1 first), keeping each layer's output v_k and a planar
  * layer's t, hp (so no planar layer is solved twice), then the cotangent
@@ -1190,35 +1211,57 @@ PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt,
  * g being the cotangent of log_det_inv.  Padding rows have zero
  * cotangents and add nothing. */
 PFC_HOSTDEVICE PFC_INLINE long long chain_inverse_backward_scratch_size(int K, int dim) {
-    return ((long long)K + 2) * dim * BLOCK_ROWS + (2LL * K + 10) * BLOCK_ROWS + 2LL * dim;
+    return ((long long)K + 2) * dim * BLOCK_ROWS + (2LL * K + 17) * BLOCK_ROWS + 2LL * dim;
 }
 
+/* Without grad_z (NULL) the cotangents are those of the quadratic loss
+ * sum_r (a/2 |z_r|^2 + b log_det_inv_r): the recomputed inverse then takes
+ * the log-determinants too (quadratic_cotangent_block). */
 template <typename T>
 PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* work,
                                                      const long long* work_offsets,
                                                      const long long* acc_offsets, int K,
                                                      int dim, index_t nrows, const T* x,
                                                      const T* grad_z, const T* grad_log_det,
-                                                     T* grad_x, T* acc, T* scratch) {
+                                                     T a, T b, double* sums, T* grad_x, T* acc,
+                                                     T* scratch) {
     const index_t stride = (index_t)dim * BLOCK_ROWS;
+    const bool quadratic = grad_z == nullptr;
     T* stack = scratch;                      /* v_0 .. v_{K-1}, and v_K = x */
     T* gt = stack + (K + 1) * stride;        /* the cotangent */
     T* act = gt + stride;                    /* t and hp of each planar layer */
     T* gld = act + 2 * (index_t)K * BLOCK_ROWS;
     T* y = gld + BLOCK_ROWS;
-    T* tmp = y + BLOCK_ROWS;                 /* 6 * BLOCK_ROWS + 2 * dim */
+    T* ld = y + BLOCK_ROWS;                  /* and 6 * BLOCK_ROWS of products */
+    T* tmp = ld + 7 * BLOCK_ROWS;            /* 6 * BLOCK_ROWS + 2 * dim */
     load_block<BLOCK_ROWS>(x, dim, nrows, stack + K * stride);
-    for (index_t r = 0; r < BLOCK_ROWS; ++r) gld[r] = r < nrows ? grad_log_det[r] : T(0);
+    ChainLogDet<T> lds = {};
+    if (quadratic) {
+        lds = chain_log_det_begin<BLOCK_ROWS>(kinds, K, ld, ld + BLOCK_ROWS);
+    } else {
+        for (index_t r = 0; r < BLOCK_ROWS; ++r) gld[r] = r < nrows ? grad_log_det[r] : T(0);
+    }
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
         const T* in = stack + (k + 1) * stride;
         T* t = act + 2 * (index_t)k * BLOCK_ROWS;
         if (kinds[k] == KIND_RADIAL) {
-            radial_inverse_block<false, BLOCK_ROWS>(wk, dim, in, stack + k * stride, (T*)0, tmp);
+            if (quadratic && lds.product) {
+                radial_inverse_block<true, BLOCK_ROWS, true>(wk, dim, in, stack + k * stride,
+                                                             ld, tmp, lds.weighted, lds.ones);
+            } else if (quadratic) {
+                radial_inverse_block<true, BLOCK_ROWS>(wk, dim, in, stack + k * stride, ld, tmp);
+            } else {
+                radial_inverse_block<false, BLOCK_ROWS>(wk, dim, in, stack + k * stride,
+                                                        (T*)0, tmp);
+            }
             continue;
         }
         if (kinds[k] == KIND_SCALE) {
             scale_inverse_block<BLOCK_ROWS>(wk, dim, in, stack + k * stride);
+            if (quadratic) {
+                for (int r = 0; r < BLOCK_ROWS; ++r) ld[r] += wk[dim];
+            }
             continue;
         }
         if (kinds[k] == KIND_SHIFT) {
@@ -1227,9 +1270,24 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
         }
         block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, y);
         planar_solve_block<BLOCK_ROWS>(wk, dim, y, t, t + BLOCK_ROWS, tmp);
+        if (quadratic && lds.product) {
+            planar_logdet_block<BLOCK_ROWS, true>(wk, dim, t, t + BLOCK_ROWS, ld, y, lds.ones);
+        } else if (quadratic) {
+            planar_logdet_block<BLOCK_ROWS, false>(wk, dim, t, t + BLOCK_ROWS, ld, y, lds.ones);
+        }
         planar_update_block<BLOCK_ROWS, true>(wk, dim, in, stack + k * stride, t);
     }
-    load_block<BLOCK_ROWS>(grad_z, dim, nrows, gt);
+    if (quadratic) {
+        /* ld holds the forward log-determinants: log_det_inv = -ld. */
+        chain_log_det_end<BLOCK_ROWS>(lds, dim, ld);
+        for (int r = 0; r < BLOCK_ROWS; ++r) ld[r] = -ld[r];
+        for (int i = 0; i < dim; ++i) {
+            for (int r = 0; r < BLOCK_ROWS; ++r) gt[i * BLOCK_ROWS + r] = stack[i * BLOCK_ROWS + r];
+        }
+        quadratic_cotangent_block(dim, nrows, a, b, ld, gt, gld, sums);
+    } else {
+        load_block<BLOCK_ROWS>(grad_z, dim, nrows, gt);
+    }
     for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
         if (kinds[k] == KIND_RADIAL) {
@@ -1365,30 +1423,41 @@ PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T*
 }
 
 /* Scratch values the backward of one block needs: K layer inputs, the
- * gradient block, t and hp of K layers, and per-row and per-row scratch. */
+ * gradient block, t and hp of K layers, the block's log-determinants and
+ * their products (quadratic loss), and per-row and per-row scratch. */
 PFC_HOSTDEVICE PFC_INLINE long long chain_backward_scratch_size(int K, int dim) {
-    return ((long long)K + 1) * dim * BLOCK_ROWS + (2LL * K + 5) * BLOCK_ROWS + 3LL * dim;
+    return ((long long)K + 1) * dim * BLOCK_ROWS + (2LL * K + 12) * BLOCK_ROWS + 3LL * dim;
 }
 
 /* Rows [0, nrows) (nrows <= BLOCK_ROWS) of z, grad_x, grad_log_det: writes
  * grad_z and adds the rows' parameter-gradient contributions to acc (laid
- * out by acc_offsets); `prefetch` as in the forward. */
+ * out by acc_offsets); `prefetch` as in the forward.  Without grad_x
+ * (NULL), the cotangents are those of the quadratic loss
+ * sum_r (a/2 |x_r|^2 + b ld_r): the recomputed forward then runs through the
+ * last layer with log-determinants (quadratic_cotangent_block). */
 template <typename T>
 PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                                              const long long* work_offsets,
                                              const long long* acc_offsets, int K, int dim,
                                              index_t nrows, bool prefetch, const T* z,
-                                             const T* grad_x, const T* grad_log_det, T* grad_z,
-                                             T* acc, T* scratch) {
+                                             const T* grad_x, const T* grad_log_det, T a, T b,
+                                             double* sums, T* grad_z, T* acc, T* scratch) {
     const index_t stride = (index_t)dim * BLOCK_ROWS;
+    const bool quadratic = grad_x == nullptr;
     T* stack = scratch;                      /* K transposed layer inputs */
     T* gt = stack + K * stride;              /* the gradient block */
     T* act = gt + stride;                    /* t and hp of each planar layer */
     T* gld = act + 2 * (index_t)K * BLOCK_ROWS;
-    T* tmp = gld + BLOCK_ROWS;               /* 4 * BLOCK_ROWS + 3 * dim */
+    T* ld = gld + BLOCK_ROWS;                /* and 6 * BLOCK_ROWS of products */
+    T* tmp = ld + 7 * BLOCK_ROWS;            /* 4 * BLOCK_ROWS + 3 * dim */
     load_block<BLOCK_ROWS>(z, dim, nrows, stack);
-    load_block<BLOCK_ROWS>(grad_x, dim, nrows, gt);
-    for (index_t r = 0; r < BLOCK_ROWS; ++r) gld[r] = r < nrows ? grad_log_det[r] : T(0);
+    ChainLogDet<T> lds = {};
+    if (quadratic) {
+        lds = chain_log_det_begin<BLOCK_ROWS>(kinds, K, ld, ld + BLOCK_ROWS);
+    } else {
+        load_block<BLOCK_ROWS>(grad_x, dim, nrows, gt);
+        for (index_t r = 0; r < BLOCK_ROWS; ++r) gld[r] = r < nrows ? grad_log_det[r] : T(0);
+    }
     bool have_s = false;   /* act[k] holds layer k's w.z + b */
     for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
@@ -1397,21 +1466,42 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
         if (kinds[k] == KIND_PLANAR) {
             if (!have_s) block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, t);
             planar_act_block(t, t, t + BLOCK_ROWS);
+            if (quadratic && lds.product) {
+                planar_logdet_block<BLOCK_ROWS, true>(wk, dim, t, t + BLOCK_ROWS, ld, tmp,
+                                                      lds.ones);
+            } else if (quadratic) {
+                planar_logdet_block<BLOCK_ROWS, false>(wk, dim, t, t + BLOCK_ROWS, ld, tmp,
+                                                       lds.ones);
+            }
         }
         have_s = false;
-        if (k + 1 == K) break;
-        T* out = in + stride;
+        if (k + 1 == K && !quadratic) break;
+        T* out = k + 1 < K ? in + stride : gt;
+        T* ldk = quadratic ? ld : (T*)0;
         switch (kinds[k]) {
             case KIND_PLANAR:
-                have_s = planar_update_next<BLOCK_ROWS>(wk, dim, in, out, t, kinds[k + 1],
-                                            work + work_offsets[k + 1], t + 2 * BLOCK_ROWS);
+                have_s = planar_update_next<BLOCK_ROWS>(wk, dim, in, out, t,
+                                                        k + 1 < K ? kinds[k + 1] : -1,
+                                                        work + work_offsets[k + 1],
+                                                        t + 2 * BLOCK_ROWS);
                 break;
             case KIND_RADIAL:
-                radial_forward_block<false, BLOCK_ROWS>(wk, dim, in, out, (T*)0, tmp);
+                if (quadratic && lds.product) {
+                    radial_forward_block<true, BLOCK_ROWS, true>(wk, dim, in, out, ld, tmp,
+                                                                 lds.weighted, lds.ones);
+                } else if (quadratic) {
+                    radial_forward_block<true, BLOCK_ROWS>(wk, dim, in, out, ld, tmp);
+                } else {
+                    radial_forward_block<false, BLOCK_ROWS>(wk, dim, in, out, (T*)0, tmp);
+                }
                 break;
-            case KIND_SCALE: scale_forward_block<BLOCK_ROWS>(wk, dim, in, out, (T*)0); break;
+            case KIND_SCALE: scale_forward_block<BLOCK_ROWS>(wk, dim, in, out, ldk); break;
             default: shift_forward_block<BLOCK_ROWS>(wk, dim, in, out);
         }
+    }
+    if (quadratic) {
+        chain_log_det_end<BLOCK_ROWS>(lds, dim, ld);
+        quadratic_cotangent_block(dim, nrows, a, b, ld, gt, gld, sums);
     }
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
@@ -1486,16 +1576,18 @@ PFC_DEFINE_BLOCK_DISPATCH(chain_inverse_block,
 PFC_DEFINE_BLOCK_DISPATCH(chain_inverse_backward_block,
     (const int* kinds, const T* work, const long long* work_offsets,
      const long long* acc_offsets, int K, int dim, index_t nrows, const T* x,
-     const T* grad_z, const T* grad_log_det, T* grad_x, T* acc, T* scratch),
-    (kinds, work, work_offsets, acc_offsets, K, dim, nrows, x, grad_z, grad_log_det, grad_x,
-     acc, scratch))
+     const T* grad_z, const T* grad_log_det, T a, T b, double* sums, T* grad_x, T* acc,
+     T* scratch),
+    (kinds, work, work_offsets, acc_offsets, K, dim, nrows, x, grad_z, grad_log_det, a, b,
+     sums, grad_x, acc, scratch))
 
 PFC_DEFINE_BLOCK_DISPATCH(chain_backward_block,
     (const int* kinds, const T* work, const long long* work_offsets,
      const long long* acc_offsets, int K, int dim, index_t nrows, bool prefetch,
-     const T* z, const T* grad_x, const T* grad_log_det, T* grad_z, T* acc, T* scratch),
+     const T* z, const T* grad_x, const T* grad_log_det, T a, T b, double* sums, T* grad_z,
+     T* acc, T* scratch),
     (kinds, work, work_offsets, acc_offsets, K, dim, nrows, prefetch, z, grad_x,
-     grad_log_det, grad_z, acc, scratch))
+     grad_log_det, a, b, sums, grad_z, acc, scratch))
 
 #undef PFC_DEFINE_BLOCK_DISPATCH
 #undef PFC_UNPAREN

@@ -64,6 +64,16 @@ def check_positive_int(value, name, minimum=1):
     return value
 
 
+def check_finite_float(value, name):
+    """Return ``value`` as a finite Python float; booleans and arrays are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
 def as_real_array(a, name, dtype, device="cpu"):
     """Any real array-like as a NumPy array (CuPy array on ``"cuda"``); no
     shape or dtype conversion yet, ``dtype`` only names the target in errors."""

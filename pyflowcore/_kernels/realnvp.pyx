@@ -57,11 +57,18 @@ per activation, its derivative is 1 - h^2 of the stored value.  Parameter
 gradients are accumulated by GEMMs with beta = 1 into per-chunk partial
 buffers, in the gathered layout W1 | b1 | AoS, AoT | boS, boT | hidden
 layers, and summed in chunk order (``_parallel.pxd``): the result does not
-depend on the number of threads.  The number of chunks is further capped so that the partials stay
-below ``PARTIAL_BUDGET`` values; it depends only on the batch size and the
-architecture.  ``finish_grad`` scatters the sum back to the raw layout,
-writing exact zeros for the A_1 columns of masked entries and the A_out /
-b_out rows of passed entries, which the map does not depend on.
+depend on the number of threads.  The number of chunks is further capped so
+that the partials stay below ``PARTIAL_BUDGET`` values; it depends only on
+the batch size and the architecture.  ``finish_grad`` scatters the sum back
+to the raw layout, writing exact zeros for the A_1 columns of masked entries
+and the A_out / b_out rows of passed entries, which the map does not depend
+on.
+
+``quadratic_vjp`` is the same pass for the loss
+sum_r (a/2 |y_r|^2 + b ld_r) of the map's own output (the maximum-likelihood
+loss through the inverse, a = 1, b = -1): its cotangents a y_r and b are
+formed from the output each block recomputes anyway, so loss and gradient
+cost one pass instead of a forward and a backward.
 """
 
 import numpy as np
@@ -467,9 +474,15 @@ def transform(bint inverse, const floating[::1] params, const floating[::1] work
 cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* params,
                     const floating* work, const int* idx, const int* npass,
                     const floating* v, const floating* grad_out, const floating* gld,
+                    floating sq_weight, floating log_det_weight, double* sums,
                     floating* grad_in, floating* acc, floating* buf) noexcept nogil:
     """One block of rows: recompute the couplings keeping what the VJP needs,
-    then walk them in reverse.  grad_in receives the input cotangent."""
+    then walk them in reverse.  grad_in receives the input cotangent.
+
+    Without grad_out (NULL) the cotangents are those of the quadratic loss
+    sum_r (sq_weight/2 |y_r|^2 + log_det_weight ld_r) of the map's output
+    (y, ld), formed from the recomputed output, and the block's sums of
+    |y_r|^2 and ld_r are added to sums[0], sums[1]."""
     cdef int D = g.dim, U = g.units, U2 = 2 * g.units, M = g.num_masks, L = g.layers
     cdef int B = rows, k, m, p, c, r, i
     cdef Py_ssize_t bd = <Py_ssize_t>B * D, lay = <Py_ssize_t>B * U2
@@ -484,6 +497,10 @@ cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* p
     cdef floating* dzp = ds + bd
     cdef floating* dh = dzp + bd
     cdef floating* dh2 = dh + lay
+    cdef floating* gl = dh2 + lay       # the quadratic loss: ld, then its cotangent
+    cdef bint quadratic = grad_out == NULL
+    cdef double sum_sq = 0, sum_ld = 0
+    cdef floating ld
     cdef const floating* yin
     cdef floating* yout
     cdef const floating* w
@@ -501,14 +518,26 @@ cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* p
         memcpy(yout, yin, bd * sizeof(floating))
         for r in range(B):
             if inverse:
-                realnvp_coupling_inverse_row(ix + p, c, E + k * bd + r * c, t + r * c,
-                                             w + g.o_bo, w + g.o_bo + D,
-                                             yout + r * D)
+                ld = realnvp_coupling_inverse_row(ix + p, c, E + k * bd + r * c, t + r * c,
+                                                  w + g.o_bo, w + g.o_bo + D, yout + r * D)
             else:
-                realnvp_coupling_forward_row(ix + p, c, E + k * bd + r * c, t + r * c,
-                                             w + g.o_bo, w + g.o_bo + D,
-                                             yout + r * D)
-    memcpy(grad_in, grad_out, bd * sizeof(floating))
+                ld = realnvp_coupling_forward_row(ix + p, c, E + k * bd + r * c, t + r * c,
+                                                  w + g.o_bo, w + g.o_bo + D, yout + r * D)
+            if quadratic:
+                gl[r] = ld if k == 0 else gl[r] + ld
+    if quadratic:
+        yout = Y + (M - 1) * bd
+        for r in range(B):
+            sum_ld += gl[r]
+            gl[r] = log_det_weight
+        for i in range(B * D):
+            sum_sq += <double>yout[i] * yout[i]
+            grad_in[i] = sq_weight * yout[i]
+        sums[0] += sum_sq
+        sums[1] += sum_ld
+        gld = gl
+    else:
+        memcpy(grad_in, grad_out, bd * sizeof(floating))
     for k in range(M - 1, -1, -1):
         m = M - 1 - k if inverse else k
         p = npass[m]
@@ -539,6 +568,33 @@ def vjp(bint inverse, const floating[::1] params, const floating[::1] work,
         const floating[::1] grad_log_det, floating[:, ::1] grad_in,
         floating[::1] grad_params):
     """Backward (inverse=False) or inverse_backward (inverse=True) of a batch."""
+    cdef const floating* go = &grad_out[0, 0] if v.shape[0] > 0 else NULL
+    cdef const floating* gld = &grad_log_det[0] if v.shape[0] > 0 else NULL
+    _vjp_batch(inverse, params, work, idx, npass, units, layers, block_rows, v, go, gld,
+               0, 0, grad_in, grad_params)
+
+
+def quadratic_vjp(bint inverse, const floating[::1] params, const floating[::1] work,
+                  const int[:, ::1] idx, const int[::1] npass, int units, int layers,
+                  int block_rows, const floating[:, ::1] v, double sq_weight,
+                  double log_det_weight, floating[:, ::1] grad_in,
+                  floating[::1] grad_params):
+    """The VJP of the loss sum_r (sq_weight/2 |y_r|^2 + log_det_weight ld_r),
+    (y, ld) the forward (or inverse) of v, in one pass: the cotangents come
+    from the output each block recomputes anyway.  Returns the float64 sums
+    (sum_r |y_r|^2, sum_r ld_r)."""
+    return _vjp_batch(inverse, params, work, idx, npass, units, layers, block_rows, v,
+                      <const floating*>NULL, <const floating*>NULL, <floating>sq_weight,
+                      <floating>log_det_weight, grad_in, grad_params)
+
+
+cdef tuple _vjp_batch(bint inverse, const floating[::1] params, const floating[::1] work,
+                      const int[:, ::1] idx, const int[::1] npass, int units, int layers,
+                      int block_rows, const floating[:, ::1] v, const floating* grad_out,
+                      const floating* grad_log_det, floating sq_weight,
+                      floating log_det_weight, floating[:, ::1] grad_in,
+                      floating[::1] grad_params):
+    """grad_out NULL: the quadratic loss's cotangents (see vjp_block)."""
     cdef Py_ssize_t n = v.shape[0]
     cdef int D = <int>v.shape[1], M = <int>idx.shape[0], U2 = 2 * units
     cdef Geom g = make_geom(D, units, layers, M)
@@ -546,9 +602,11 @@ def vjp(bint inverse, const floating[::1] params, const floating[::1] work,
     cdef Py_ssize_t nc = grad_chunks(n, P), c, r0, r1, j
     cdef int B = block_rows, rows
     cdef bint simd = _simd
-    cdef Py_ssize_t scratch = <Py_ssize_t>B * (2 * M * D + M * layers * U2 + 4 * D + 2 * U2)
+    cdef Py_ssize_t scratch = <Py_ssize_t>B * (2 * M * D + M * layers * U2 + 4 * D + 2 * U2
+                                               + 1)
     dtype = np.asarray(params).dtype
     cdef floating[:, ::1] partial = np.zeros((nc, P), dtype=dtype)
+    cdef double[:, ::1] sums = np.zeros((nc, 2))
     cdef int[::1] failed = np.zeros(1, dtype=np.intc)
     cdef floating* buf = NULL
     if n > 0:
@@ -564,8 +622,11 @@ def vjp(bint inverse, const floating[::1] params, const floating[::1] work,
                 while r0 < r1:
                     rows = <int>min(<Py_ssize_t>B, r1 - r0)
                     vjp_block(simd, inverse, g, rows, &params[0], &work[0], &idx[0, 0],
-                              &npass[0], &v[r0, 0], &grad_out[r0, 0], &grad_log_det[r0],
-                              &grad_in[r0, 0], &partial[c, 0], buf)
+                              &npass[0], &v[r0, 0],
+                              grad_out + r0 * D if grad_out != NULL else NULL,
+                              grad_log_det + r0 if grad_log_det != NULL else NULL,
+                              sq_weight, log_det_weight, &sums[c, 0], &grad_in[r0, 0],
+                              &partial[c, 0], buf)
                     r0 = r0 + rows
             free(buf)
         if failed[0]:
@@ -574,4 +635,7 @@ def vjp(bint inverse, const floating[::1] params, const floating[::1] work,
             for c in range(1, nc):
                 for j in range(P):
                     partial[0, j] += partial[c, j]
+                sums[0, 0] += sums[c, 0]
+                sums[0, 1] += sums[c, 1]
     finish_grad(np.asarray(partial)[0], idx, npass, units, layers, grad_params)
+    return sums[0, 0], sums[0, 1]

@@ -105,8 +105,8 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
     void chain_backward_block[T](int level, const int* kinds, const T* work,
                                  const long long* work_offsets, const long long* acc_offsets,
                                  int K, int dim, Py_ssize_t nrows, bint prefetch, const T* z,
-                                 const T* grad_x, const T* grad_log_det, T* grad_z, T* acc,
-                                 T* scratch)
+                                 const T* grad_x, const T* grad_log_det, T a, T b,
+                                 double* sums, T* grad_z, T* acc, T* scratch)
     void chain_inverse_block[T](int level, const int* kinds, const T* work,
                                 const long long* work_offsets, int K, int dim,
                                 Py_ssize_t nrows, const T* x, T* z, T* log_det, T* scratch)
@@ -115,8 +115,8 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
                                          const long long* work_offsets,
                                          const long long* acc_offsets, int K, int dim,
                                          Py_ssize_t nrows, const T* x, const T* grad_z,
-                                         const T* grad_log_det, T* grad_x, T* acc,
-                                         T* scratch)
+                                         const T* grad_log_det, T a, T b, double* sums,
+                                         T* grad_x, T* acc, T* scratch)
 
 # Below this many rows the forward takes the row functions: the block kernel
 # computes at least a quarter block (32 rows, zero-padded).
@@ -448,17 +448,42 @@ cdef class RowwiseRun:
                  const floating[:, ::1] grad_x, const floating[::1] grad_log_det,
                  floating[:, ::1] grad_z, floating[::1] grad_params):
         """Vector-Jacobian product of z -> (x, log_det); see Flow.backward."""
-        self._vjp(False, params, z, grad_x, grad_log_det, grad_z, grad_params)
+        self._vjp(False, params, z, &grad_x[0, 0] if z.shape[0] else NULL,
+                  &grad_log_det[0] if z.shape[0] else NULL, 0, 0, NULL, grad_z, grad_params)
 
     def inverse_backward(self, const floating[::1] params, const floating[:, ::1] x,
                          const floating[:, ::1] grad_z, const floating[::1] grad_log_det,
                          floating[:, ::1] grad_x, floating[::1] grad_params):
         """Vector-Jacobian product of x -> (z, log_det_inv); see Flow.inverse_backward."""
-        self._vjp(True, params, x, grad_z, grad_log_det, grad_x, grad_params)
+        self._vjp(True, params, x, &grad_z[0, 0] if x.shape[0] else NULL,
+                  &grad_log_det[0] if x.shape[0] else NULL, 0, 0, NULL, grad_x, grad_params)
+
+    def quadratic_vjp(self, bint inverse_map, const floating[::1] params,
+                      const floating[:, ::1] v, double sq_weight, double log_det_weight,
+                      floating[:, ::1] grad_in, floating[::1] grad_params):
+        """The VJP of sum_r (sq_weight/2 |y_r|^2 + log_det_weight ld_r), (y, ld)
+        the map (or its inverse) at v, with the cotangents formed in the
+        block kernels from the output they recompute; returns the float64
+        sums (sum_r |y_r|^2, sum_r ld_r).  The inverse needs at least
+        SMALL_BATCH rows (the block path); returns None below that."""
+        cdef Py_ssize_t nc = num_chunks(v.shape[0]), c
+        cdef double[:, ::1] sums
+        if inverse_map and v.shape[0] < SMALL_BATCH:
+            return None
+        sums = np.zeros((nc, 2))
+        self._vjp(inverse_map, params, v, NULL, NULL, <floating>sq_weight,
+                  <floating>log_det_weight, &sums[0, 0], grad_in, grad_params)
+        for c in range(1, nc):
+            sums[0, 0] += sums[c, 0]
+            sums[0, 1] += sums[c, 1]
+        return sums[0, 0], sums[0, 1]
 
     cdef void _vjp(self, bint inverse_map, const floating[::1] params, const floating[:, ::1] v,
-                   const floating[:, ::1] grad_out, const floating[::1] grad_log_det,
-                   floating[:, ::1] grad_in, floating[::1] grad_params) except *:
+                   const floating* grad_out, const floating* grad_log_det, floating a,
+                   floating b, double* sums, floating[:, ::1] grad_in,
+                   floating[::1] grad_params) except *:
+        """grad_out NULL: the quadratic loss's cotangents (a, b), its sums per
+        chunk into sums (nc x 2)."""
         cdef Py_ssize_t n = v.shape[0], nc = num_chunks(n), c, i, j, lo, hi, rows
         cdef int k, K = self.K, dim = self.dim, level, failed = 0
         cdef long long acc_size = self.acc_offsets[K]
@@ -466,6 +491,9 @@ cdef class RowwiseRun:
         cdef floating* g
         cdef floating* acc
         cdef floating gld
+        cdef const floating* go
+        cdef const floating* gl
+        cdef double* sc
         cdef long long scratch_size
         cdef floating* work = <floating*>malloc(self.work_offsets[K] * sizeof(floating))
         cdef floating* partial = <floating*>malloc(nc * acc_size * sizeof(floating))
@@ -492,16 +520,19 @@ cdef class RowwiseRun:
                         lo = chunk_start(n, c, nc)
                         while lo < hi:
                             rows = min(<Py_ssize_t>BLOCK_ROWS, hi - lo)
+                            go = grad_out + lo * dim if grad_out != NULL else NULL
+                            gl = grad_log_det + lo if grad_out != NULL else NULL
+                            sc = sums + 2 * c if grad_out == NULL else NULL
                             if inverse_map:
                                 chain_inverse_backward_block(
                                     level, self.kinds, work, self.work_offsets,
-                                    self.acc_offsets, K, dim, rows, &v[lo, 0], &grad_out[lo, 0],
-                                    &grad_log_det[lo], &grad_in[lo, 0], acc, stack)
+                                    self.acc_offsets, K, dim, rows, &v[lo, 0], go, gl, a, b,
+                                    sc, &grad_in[lo, 0], acc, stack)
                             else:
                                 chain_backward_block(
                                     level, self.kinds, work, self.work_offsets, self.acc_offsets,
-                                    K, dim, rows, lo + rows < hi, &v[lo, 0], &grad_out[lo, 0],
-                                    &grad_log_det[lo], &grad_in[lo, 0], acc, stack)
+                                    K, dim, rows, lo + rows < hi, &v[lo, 0], go, gl, a, b, sc,
+                                    &grad_in[lo, 0], acc, stack)
                             lo = lo + rows
                     free(stack)
             else:
@@ -515,7 +546,7 @@ cdef class RowwiseRun:
                         for i in range(chunk_start(n, c, nc), chunk_start(n, c + 1, nc)):
                             g = &grad_in[i, 0]
                             gld = grad_log_det[i]
-                            memcpy(g, &grad_out[i, 0], dim * sizeof(floating))
+                            memcpy(g, grad_out + i * dim, dim * sizeof(floating))
                             memcpy(stack, &v[i, 0], dim * sizeof(floating))
                             # The inverse runs layer K-1 first: stack[j] = input of the
                             # inverse of layer K-1-j; VJPs then go from layer 0 up.

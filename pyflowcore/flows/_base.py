@@ -8,7 +8,9 @@ A concrete flow supplies four kernels working on validated, C-contiguous
 ``_backward(z, grad_x, grad_log_det, grad_z, grad_params)``
 ``_inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)``
 
-and ``_config()``, the constructor arguments that rebuild it (used by
+and optionally, on the CPU, a fused ``_quadratic_vjp(inverse, v, sq_weight,
+log_det_weight, grad_in, grad_params)`` returning ``(sum |y|^2, sum ld)``
+(see ``quadratic_loss_and_grad``), and ``_config()``, the constructor arguments that rebuild it (used by
 ``pyflowcore.save``).  On the GPU (``to("cuda")``) the same four calls go to
 the flow's CUDA engine (``pyflowcore.cuda``) with CuPy arrays.  Everything a user calls -- conversion of array-likes,
 single points, ``out=`` arrays, the standard-normal base distribution --
@@ -21,7 +23,7 @@ import numpy as np
 
 from pyflowcore._validation import (
     array_module, as_cotangent, as_grad_log_det, as_points, as_real_array, check_dtype,
-    check_out, check_positive_int, check_rng)
+    check_finite_float, check_out, check_positive_int, check_rng)
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -61,6 +63,7 @@ class Flow:
 
     device = "cpu"
     _gpu = None  # the CUDA engine running the kernels while on "cuda"
+    _quadratic_vjp = None  # a fused CPU kernel for quadratic_loss_and_grad, if any
 
     def __init__(self, dim, num_params, dtype="float64"):
         self.dim = check_positive_int(dim, "dim")
@@ -186,6 +189,52 @@ class Flow:
         self._kernels()._inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)
         return (grad_x[0] if single else grad_x), grad_params
 
+    def quadratic_loss_and_grad(self, v, sq_weight=1.0, log_det_weight=1.0, *, inverse=False,
+                                out=None):
+        """A quadratic loss of the flow's output and its gradients, in one pass.
+
+        ``L = sum_r (sq_weight / 2 ||y_r||^2 + log_det_weight * ld_r)``
+
+        where ``(y, ld) = forward(v)``, or ``inverse(v)`` with ``inverse=True``.
+        This is ``backward`` (or ``inverse_backward``) with the cotangents
+        ``grad_y = sq_weight * y`` and ``grad_log_det = log_det_weight``, which
+        depend on the output; Real NVP and runs of row-wise flows form them
+        from the output that their VJP recomputes anyway, so the loss and its
+        gradient cost one pass instead of a map and a VJP.  Other flows (and
+        every flow on the GPU) compose the two.
+
+        The maximum-likelihood loss of data ``x`` is the case
+        ``inverse=True, sq_weight=1/N, log_det_weight=-1/N`` plus
+        ``dim/2 log(2 pi)``: ``-mean(log p(x))``.
+
+        Parameters
+        ----------
+        v : array_like of shape (N, dim) or (dim,)
+            Base points ``z`` (or data ``x`` with ``inverse=True``).
+        sq_weight, log_det_weight : float
+        inverse : bool, default False
+        out : tuple of ndarray (grad_v, grad_params), optional
+
+        Returns
+        -------
+        loss : float
+            ``L``, accumulated in float64.
+        grad_v : ndarray of the shape of ``v``
+            ``dL/dv``.
+        grad_params : ndarray of shape (num_params,)
+            ``dL/dparams``.
+        """
+        name = "x" if inverse else "z"
+        v, single = as_points(v, name, self.dim, self.dtype, self.device)
+        sq_weight = check_finite_float(sq_weight, "sq_weight")
+        log_det_weight = check_finite_float(log_det_weight, "log_det_weight")
+        grad_v, grad_params = self._grad_outputs(out, single, v.shape[0])
+        kernels = self if self._gpu is None else self._gpu
+        sum_sq, sum_ld = quadratic_vjp(kernels, bool(inverse), v, sq_weight, log_det_weight,
+                                       grad_v, grad_params)
+        loss = 0.5 * sq_weight * sum_sq + log_det_weight * sum_ld
+        return loss, (grad_v[0] if single else grad_v), grad_params
+
     # -- the distribution ---------------------------------------------------
     def base_log_prob(self, z):
         """Standard-normal log-density ``-||z||^2/2 - dim/2 log(2 pi)`` of base points."""
@@ -286,6 +335,31 @@ class Flow:
         if single:
             return points[0], log_det.reshape(())
         return points, log_det
+
+
+def quadratic_vjp(kernels, inverse, v, sq_weight, log_det_weight, grad_v, grad_params):
+    """``Flow.quadratic_loss_and_grad`` on the kernel interface: the fused
+    ``kernels._quadratic_vjp`` where there is one (it may decline a batch by
+    returning None), else the map and then its VJP.
+
+    Returns
+    -------
+    (sum_r ||y_r||^2, sum_r ld_r) as floats.
+    """
+    fused = getattr(kernels, "_quadratic_vjp", None)
+    if fused is not None:
+        sums = fused(inverse, v, sq_weight, log_det_weight, grad_v, grad_params)
+        if sums is not None:
+            return sums
+    xp = np if isinstance(v, np.ndarray) else array_module("cuda")
+    y, ld = xp.empty_like(v), xp.empty(v.shape[0], v.dtype)
+    (kernels._inverse if inverse else kernels._forward)(v, y, ld)
+    sum_sq = float(xp.sum(xp.square(y), dtype=xp.float64))
+    sum_ld = float(xp.sum(ld, dtype=xp.float64))
+    xp.multiply(y, v.dtype.type(sq_weight), out=y)
+    ld.fill(v.dtype.type(log_det_weight))
+    (kernels._inverse_backward if inverse else kernels._backward)(v, y, ld, grad_v, grad_params)
+    return sum_sq, sum_ld
 
 
 def glorot_uniform(rng, shape, fan_in, fan_out, dtype):

@@ -36,6 +36,7 @@ class RunKernels:
         self.inverse = self.run.inverse[spec]
         self.backward = self.run.backward[spec]
         self.inverse_backward = self.run.inverse_backward[spec]
+        self.quadratic_vjp = self.run.quadratic_vjp[spec]
 
     # The Flow kernel interface, for a Chain's fused units.
     def _forward(self, z, x, log_det):
@@ -49,6 +50,12 @@ class RunKernels:
 
     def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
         self.inverse_backward(self.params, x, grad_z, grad_log_det, grad_x, grad_params)
+
+    def _quadratic_vjp(self, inverse, v, sq_weight, log_det_weight, grad_in, grad_params):
+        """The fused kernel of Flow.quadratic_loss_and_grad; None where the
+        run has none for this batch (an inverse of fewer than 32 rows)."""
+        return self.quadratic_vjp(inverse, self.params, v, sq_weight, log_det_weight, grad_in,
+                                  grad_params)
 
 
 class RowwiseFlow(Flow):
@@ -102,3 +109,7 @@ class RowwiseFlow(Flow):
 
     def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
         self._k.inverse_backward(self._params, x, grad_z, grad_log_det, grad_x, grad_params)
+
+    def _quadratic_vjp(self, inverse, v, sq_weight, log_det_weight, grad_in, grad_params):
+        return self._k.quadratic_vjp(inverse, self._params, v, sq_weight, log_det_weight,
+                                     grad_in, grad_params)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pyflowcore.flows._base import Flow
+from pyflowcore.flows._base import Flow, quadratic_vjp
 from pyflowcore.flows._rowwise import RunKernels, layer_kind
 
 
@@ -109,6 +109,10 @@ class Chain(Flow):
     def _inverse_backward(self, x, grad_z, grad_log_det, grad_x, grad_params):
         self._units.inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)
 
+    def _quadratic_vjp(self, inverse, v, sq_weight, log_det_weight, grad_v, grad_params):
+        return self._units.quadratic_vjp(inverse, v, sq_weight, log_det_weight, grad_v,
+                                         grad_params)
+
 
 def unit_groups(layers):
     """Split a chain's layers into units: maximal runs of row-wise layers,
@@ -207,3 +211,32 @@ class Units:
             g_in = grad_x if k == K - 1 else _empty_like(x)
             unit._inverse_backward(ys[k + 1], g, grad_log_det, g_in, grad_params[params_slice])
             g = g_in
+
+    def quadratic_vjp(self, inverse, v, sq_weight, log_det_weight, grad_v, grad_params):
+        """``Flow.quadratic_loss_and_grad``: the maps of every unit but the one
+        that produces the output, that unit's fused kernel (``quadratic_vjp``
+        of ``_base``), then the other units' VJPs with the constant
+        log-determinant cotangent."""
+        K = len(self.units)
+        order = list(range(K - 1, -1, -1)) if inverse else list(range(K))
+        ld = _empty_like(v[:, 0])
+        sum_ld = 0.0
+        inputs = [v]
+        for k in order[:-1]:
+            unit = self.units[k][0]
+            nxt = _empty_like(v)
+            (unit._inverse if inverse else unit._forward)(inputs[-1], nxt, ld)
+            sum_ld += float(ld.sum(dtype=np.float64))
+            inputs.append(nxt)
+        last, params_slice = self.units[order[-1]]
+        g = grad_v if K == 1 else _empty_like(v)
+        sum_sq, last_ld = quadratic_vjp(last, inverse, inputs[-1], sq_weight, log_det_weight, g,
+                                        grad_params[params_slice])
+        ld.fill(log_det_weight)
+        for i in range(K - 2, -1, -1):
+            unit, params_slice = self.units[order[i]]
+            g_in = grad_v if i == 0 else _empty_like(v)
+            (unit._inverse_backward if inverse else unit._backward)(
+                inputs[i], g, ld, g_in, grad_params[params_slice])
+            g = g_in
+        return sum_sq, sum_ld + last_ld

@@ -183,6 +183,11 @@ class RealNVP(Flow):
                self.num_layers, self._block_rows, v, grad_out, grad_log_det, grad_in,
                grad_params)
 
+    def _quadratic_vjp(self, inverse, v, sq_weight, log_det_weight, grad_in, grad_params):
+        return _k.quadratic_vjp(inverse, self._params, self._work(), self._idx, self._npass,
+                                self.units, self.num_layers, self._block_rows, v, sq_weight,
+                                log_det_weight, grad_in, grad_params)
+
     def _forward(self, z, x, log_det):
         self._transform(False, z, x, log_det)
 

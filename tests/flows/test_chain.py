@@ -205,15 +205,10 @@ PLANAR_REGIMES = {
 }
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("regime", sorted(PLANAR_REGIMES))
-def test_planar_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
-    # A chain of several planar layers multiplies their factors D up and
-    # takes one logarithm per row; this must agree with the same layers run
-    # one at a time, each taking its own (separately tested) logarithm, the
-    # log-determinants summed in float64.  Layer k acts on coordinate k only
-    # (w = a e_k), so every layer sees a fresh standard-normal pre-activation
-    # and its D stays in its regime however far earlier layers moved the point.
+def planar_regime_layers(regime, dtype):
+    # Layer k acts on coordinate k only (w = a e_k), so every layer sees a
+    # fresh standard-normal pre-activation and its D stays in its regime
+    # however far earlier layers moved the point.
     dim = 16
     cs = PLANAR_REGIMES[regime]
     layers = []
@@ -225,7 +220,18 @@ def test_planar_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
         flow = pf.Planar(dim, dtype=dtype)
         flow.set_params(np.concatenate([u, w, [0.1]]))
         layers.append(flow)
-    z = np.random.default_rng(3).standard_normal((300, dim)).astype(dtype)
+    return layers
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("regime", sorted(PLANAR_REGIMES))
+def test_planar_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
+    # A chain of several planar layers multiplies their factors D up and
+    # takes one logarithm per row; this must agree with the same layers run
+    # one at a time, each taking its own (separately tested) logarithm, the
+    # log-determinants summed in float64.
+    layers = planar_regime_layers(regime, dtype)
+    z = np.random.default_rng(3).standard_normal((300, 16)).astype(dtype)
     assert_chain_is_its_layers(layers, z)
 
     chain = pf.Chain(layers)
@@ -278,11 +284,7 @@ def radial_with_ratio(dim, ratio, rng, dtype):
     return flow
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("regime", sorted(RADIAL_REGIMES))
-def test_radial_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
-    # As for planar: the chain multiplies the factors g (weight dim - 1) and
-    # g2 up and takes two logarithms per row at the end.
+def radial_regime_layers(regime, dtype):
     dim, rng = 6, np.random.default_rng(4)
     ratios = RADIAL_REGIMES[regime]
     layers = []
@@ -294,9 +296,18 @@ def test_radial_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
         else:
             flow = radial_with_ratio(dim, ratio, rng, dtype)
         layers.append(flow)
-    z = (0.3 * rng.standard_normal((300, dim))).astype(dtype)
+    return layers
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("regime", sorted(RADIAL_REGIMES))
+def test_radial_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
+    # As for planar: the chain multiplies the factors g (weight dim - 1) and
+    # g2 up and takes two logarithms per row at the end.
+    layers = radial_regime_layers(regime, dtype)
+    z = (0.3 * np.random.default_rng(4).standard_normal((300, 6))).astype(dtype)
     assert_chain_is_its_layers(layers, z)
-    if -0.999 not in ratios:
+    if -0.999 not in RADIAL_REGIMES[regime]:
         # A chain of strongly contracting radial layers amplifies every
         # rounding of its inverse (an FMA in the vectorised code, a multiply
         # and an add in the row function) by its inverse Jacobian: there the
@@ -304,3 +315,38 @@ def test_radial_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
         chain = pf.Chain(layers)
         x = assert_block_inverse_is_the_row_inverse(chain, z)
         assert_block_inverse_vjp_is_the_row_vjp(chain, x)
+
+
+QUADRATIC_RUNS = {
+    "rowwise": lambda dtype: rowwise_layers(4, dtype, np.random.default_rng(8)),
+    "planar_mixed": lambda dtype: planar_regime_layers("mixed", dtype),
+    "planar_expanding": lambda dtype: planar_regime_layers("expanding", dtype),
+    "radial_mixed": lambda dtype: radial_regime_layers("mixed", dtype),
+}
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+@pytest.mark.parametrize("n", [31, 33, 129, 1500])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("run", sorted(QUADRATIC_RUNS))
+def test_fused_quadratic_loss_is_the_map_then_its_vjp(run, dtype, n, inverse):
+    # One fused run: the block VJP forms the cotangents a y, b and the
+    # log-determinant sums itself (from 32 rows on in the inverse; below,
+    # the map and its VJP), over short and padded blocks and two chunks.
+    chain = pf.Chain(QUADRATIC_RUNS[run](dtype))
+    assert len(chain._units.units) == 1
+    dim = chain.dim
+    z = (0.3 * np.random.default_rng(n).standard_normal((n, dim))).astype(dtype)
+    v = chain.forward(z)[0] if inverse else z
+    a, b = 0.7, -1.3
+    loss, grad_v, grad_params = chain.quadratic_loss_and_grad(v, a, b, inverse=inverse)
+    y, ld = (chain.inverse if inverse else chain.forward)(v)
+    expected = 0.5 * a * np.sum(y.astype(np.float64) ** 2) + b * np.sum(ld, dtype=np.float64)
+    scale = 0.5 * a * np.sum(y.astype(np.float64) ** 2) + abs(b) * np.sum(np.abs(ld)) + 1.0
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    assert abs(loss - expected) <= tol * scale
+    ref_v, ref_params = (chain.inverse_backward if inverse else chain.backward)(v, a * y, b)
+    tol = 1e-11 if dtype == "float64" else 1e-4
+    np.testing.assert_allclose(grad_v, ref_v, rtol=tol, atol=tol * np.abs(ref_v).max())
+    np.testing.assert_allclose(grad_params, ref_params, rtol=tol,
+                               atol=tol * np.abs(ref_params).max())
