@@ -90,9 +90,12 @@ cdef extern from "realnvp_cpu.h" namespace "pfc::cpu" nogil:
     void realnvp_gemm[T](Py_ssize_t m, int n, Py_ssize_t K, const T* x, Py_ssize_t xrs,
                          Py_ssize_t xks, const T* w, Py_ssize_t ldw, const T* bias,
                          bint acc_c, T* c, Py_ssize_t ldc)
+    void realnvp_col_sums[T](bint simd, const T* d, Py_ssize_t ld, Py_ssize_t rows, int n,
+                             T* sums)
+    void realnvp_tanh_grad_sums[T](bint simd, T* d, const T* h, Py_ssize_t ld,
+                                   Py_ssize_t rows, int n, T* sums)
 
 cdef extern from "realnvp.h" namespace "pfc" nogil:
-    void realnvp_tanh_grad_row[T](T* d, const T* h, int n)
     T realnvp_coupling_forward_row[T](const int* changed, int nc, T* s_raw, const T* t_raw,
                                       const T* bias_s, const T* bias_t, T* x)
     T realnvp_coupling_inverse_row[T](const int* changed, int nc, T* s_raw, const T* t_raw,
@@ -242,15 +245,6 @@ cdef inline void mm(bint simd, int m, int n, int k, const floating* x, int ldx, 
     gemm_rm(c'T' if xt else c'N', c'N', m, n, k, 1, x, ldx, w, ldw, beta, c, ldc)
 
 
-cdef inline void col_sums(int rows, int cols, const floating* d, int ld,
-                          floating* acc) noexcept nogil:
-    """acc[j] += sum_r d[r, j] (bias gradients), rows in order."""
-    cdef int r, j
-    for r in range(rows):
-        for j in range(cols):
-            acc[j] += d[r * ld + j]
-
-
 # -- parameters <-> gathered layout ----------------------------------------
 
 def prepare(const floating[::1] params, const int[:, ::1] idx, const int[::1] npass,
@@ -361,10 +355,14 @@ cdef void nets_forward(bint simd, Geom g, int rows, int p, const floating* w,
 cdef void nets_backward(bint simd, Geom g, int rows, int p, const floating* w,
                         const floating* params, int m, const floating* zp, const floating* h,
                         const floating* ds, const floating* dt, floating* dh, floating* dh2,
-                        floating* dzp, floating* acc) noexcept nogil:
+                        floating* bias_sums, floating* dzp, floating* acc) noexcept nogil:
     """Back through both nets of mask m: accumulate parameter gradients into
-    acc (this mask's slot) and write the cotangent of the passed inputs, dzp."""
-    cdef int D = g.dim, U = g.units, U2 = 2 * g.units, c = g.dim - p, l, r, k
+    acc (this mask's slot) and write the cotangent of the passed inputs, dzp.
+
+    Each tanh derivative is fused with the column sums that give its layer's
+    bias gradients: straight into acc for the first layer (both nets' b_1
+    are contiguous), through bias_sums (2U values) for hidden layers."""
+    cdef int D = g.dim, U = g.units, U2 = 2 * g.units, c = g.dim - p, l, k, j
     cdef Py_ssize_t lay = <Py_ssize_t>rows * U2
     cdef Py_ssize_t hsz = (g.layers - 1) * (U + 1) * U
     cdef const floating* hl = h + (g.layers - 1) * lay
@@ -375,28 +373,31 @@ cdef void nets_backward(bint simd, Geom g, int rows, int p, const floating* w,
     # Output layers: only the changed rows of A_out / b_out.
     mm(simd, c, U, rows, ds, c, True, hl, U2, nob, True, acc + 2 * U * D + U2, U)
     mm(simd, c, U, rows, dt, c, True, hl + U, U2, nob, True, acc + 3 * U * D + U2, U)
-    col_sums(rows, c, ds, c, acc + 4 * U * D + U2)
-    col_sums(rows, c, dt, c, acc + 4 * U * D + U2 + D)
+    realnvp_col_sums(simd, ds, c, rows, c, acc + 4 * U * D + U2)
+    realnvp_col_sums(simd, dt, c, rows, c, acc + 4 * U * D + U2 + D)
     mm(simd, rows, U, c, ds, c, False, w + g.o_ao, U, nob, False, dh, U2)
     mm(simd, rows, U, c, dt, c, False, w + g.o_ao + U * D, U, nob, False, dh + U, U2)
-    for r in range(rows):
-        realnvp_tanh_grad_row(dh + r * U2, hl + r * U2, U2)
-    for l in range(g.layers - 1, 0, -1):
-        hl = h + (l - 1) * lay
+    for l in range(g.layers - 1, -1, -1):
+        # dh: the cotangent of layer l's activations, made that of its pre-activations
+        hl = h + l * lay
+        if l == 0:
+            realnvp_tanh_grad_sums(simd, dh, hl, U2, rows, U2, acc + 2 * U * D)
+            break
+        for j in range(U2):
+            bias_sums[j] = 0
+        realnvp_tanh_grad_sums(simd, dh, hl, U2, rows, U2, bias_sums)
         for k in range(2):
             hid = params + (2 * m + k) * g.net_size + U * D + U + (l - 1) * (U + 1) * U
             ga = acc + g.gath + k * hsz + (l - 1) * (U + 1) * U
-            mm(simd, U, U, rows, dh + k * U, U2, True, hl + k * U, U2, nob, True, ga, U)
-            col_sums(rows, U, dh + k * U, U2, ga + U * U)
+            for j in range(U):
+                ga[U * U + j] += bias_sums[k * U + j]
+            mm(simd, U, U, rows, dh + k * U, U2, True, hl - lay + k * U, U2, nob, True, ga, U)
             mm(simd, rows, U, U, dh + k * U, U2, False, hid, U, nob, False, dh2 + k * U, U2)
-        for r in range(rows):
-            realnvp_tanh_grad_row(dh2 + r * U2, hl + r * U2, U2)
         tmp = dh
         dh = dh2
         dh2 = tmp
     # First layer: the passed columns of both nets' A_1 at once.
     mm(simd, U2, p, rows, dh, U2, True, zp, p, nob, True, acc, p)
-    col_sums(rows, U2, dh, U2, acc + 2 * U * D)
     mm(simd, rows, p, U2, dh, U2, False, w, p, nob, False, dzp, p)
 
 
@@ -498,6 +499,7 @@ cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* p
     cdef floating* dh = dzp + bd
     cdef floating* dh2 = dh + lay
     cdef floating* gl = dh2 + lay       # the quadratic loss: ld, then its cotangent
+    cdef floating* bias_sums = gl + B
     cdef bint quadratic = grad_out == NULL
     cdef double sum_sq = 0, sum_ld = 0
     cdef floating ld
@@ -555,8 +557,8 @@ cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* p
                 realnvp_coupling_backward_row(ix + p, c, E + k * bd + r * c, yin + r * D,
                                               gld[r], grad_in + r * D, ds + r * c, t + r * c)
         gather_rows(B, D, p, ix, yin, zp)
-        nets_backward(simd, g, B, p, w, params, m, zp, H + k * L * lay, ds, t, dh, dh2, dzp,
-                      acc + m * g.acc_slot)
+        nets_backward(simd, g, B, p, w, params, m, zp, H + k * L * lay, ds, t, dh, dh2,
+                      bias_sums, dzp, acc + m * g.acc_slot)
         for r in range(B):
             for i in range(p):
                 grad_in[r * D + ix[i]] += dzp[r * p + i]
@@ -603,7 +605,7 @@ cdef tuple _vjp_batch(bint inverse, const floating[::1] params, const floating[:
     cdef int B = block_rows, rows
     cdef bint simd = _simd
     cdef Py_ssize_t scratch = <Py_ssize_t>B * (2 * M * D + M * layers * U2 + 4 * D + 2 * U2
-                                               + 1)
+                                               + 1) + U2
     dtype = np.asarray(params).dtype
     cdef floating[:, ::1] partial = np.zeros((nc, P), dtype=dtype)
     cdef double[:, ::1] sums = np.zeros((nc, 2))
