@@ -710,15 +710,45 @@ PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
     }
 }
 
+/* Per-lane parameter sums across blocks.  A planar layer's VJP sums 2 dim
+ * products over the rows of every block; folding each sum's LANES partial
+ * sums to one number per block (lane_sum) took ~20% of the backward.  They
+ * are added, still per lane, to a layer's slice of `lanes` (2 dim x LANES
+ * values, planar_vjp_lanes) instead, and folded into the gradient
+ * accumulator once per chunk of rows (chain_vjp_lanes_flush), which also
+ * zeroes them for the next chunk. */
+PFC_HOSTDEVICE PFC_INLINE long long chain_vjp_lanes_size(int K, int dim) {
+    return (long long)K * 2 * dim * LANES;
+}
+
+template <typename T>
+PFC_VM_INLINE T* planar_vjp_lanes(T* lanes, int k, int dim) {
+    return lanes + (index_t)k * 2 * dim * LANES;
+}
+
+template <typename T>
+inline void chain_vjp_lanes_flush(const int* kinds, int K, int dim,
+                                  const long long* acc_offsets, T* lanes, T* acc) {
+    for (int k = 0; k < K; ++k) {
+        if (kinds[k] != KIND_PLANAR) continue;
+        T* lk = planar_vjp_lanes(lanes, k, dim);
+        for (int j = 0; j < 2 * dim; ++j) {
+            acc[acc_offsets[k] + j] += lane_sum(lk + (index_t)j * LANES);
+            for (int l = 0; l < LANES; ++l) lk[(index_t)j * LANES + l] = T(0);
+        }
+    }
+}
+
 /* The per-dimension part of a planar layer's VJP for a block: with coef =
  * dL/ds per row, g <- g + coef w, and the parameter sums
- *   acc[i]       += sign (sum_r t g_i + g_c w_i)     (dL/duhat),
- *   acc[dim + i] += sum_r coef z_i + sign g_c uhat_i  (dL/dw),
- * g_i taken before the update (forward VJP, sign +1) or after it (inverse
- * VJP, sign -1, coef = -d). */
+ *   dL/duhat_i += sign (sum_r t g_i + g_c w_i),
+ *   dL/dw_i    += sum_r coef z_i + sign g_c uhat_i,
+ * the sums over rows per lane into `lanes` (planar_vjp_lanes), the rest
+ * into acc[i], acc[dim + i]; g_i taken before the update (forward VJP, sign
+ * +1) or after it (inverse VJP, sign -1, coef = -d). */
 template <bool AFTER, typename T>
 PFC_VM_INLINE void planar_vjp_dims(const T* work, int dim, const T* zt, T* gt, const T* t,
-                                   const T* coef, T g_c, T sign, T* acc) {
+                                   const T* coef, T g_c, T sign, T* acc, T* lanes) {
     const T* uhat = work;
     const T* w = work + dim;
     for (int i = 0; i < dim; ++i) {
@@ -737,8 +767,15 @@ PFC_VM_INLINE void planar_vjp_dims(const T* work, int dim, const T* zt, T* gt, c
                 gi[r] = g_new;
             }
         }
-        acc[i] += sign * (lane_sum(au) + g_c * wi);
-        acc[dim + i] += lane_sum(aw) + sign * g_c * uhat[i];
+        T* lu = lanes + (index_t)i * LANES;
+        T* lw = lanes + (index_t)(dim + i) * LANES;
+        PFC_VM_PRAGMA_SIMD
+        for (int l = 0; l < LANES; ++l) {
+            lu[l] += sign * au[l];
+            lw[l] += aw[l];
+        }
+        acc[i] += sign * g_c * wi;
+        acc[dim + i] += sign * g_c * uhat[i];
     }
 }
 
@@ -1182,22 +1219,35 @@ PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt,
 /* The quadratic loss sum_r (a/2 |y_r|^2 + b ld_r) of a block's output y
  * (transposed in yt) and log-determinants ld: adds sum |y_r|^2 and sum ld_r
  * over the real rows to sums[0], sums[1], and turns yt into the cotangent
- * a y (0 in the padding rows) and gld into b. */
+ * a y and gld into b (both 0 in the padding rows, whose ld is zeroed). */
 template <typename T>
-PFC_VM_INLINE void quadratic_cotangent_block(int dim, index_t nrows, T a, T b, const T* ld,
-                                             T* yt, T* gld, double* sums) {
-    double sum_sq = 0, sum_ld = 0;
-    for (index_t r = 0; r < nrows; ++r) sum_ld += ld[r];
+PFC_VM_INLINE void quadratic_cotangent_block(int dim, index_t nrows, T a, T b, T* ld, T* yt,
+                                             T* gld, double* sums) {
+    for (index_t r = nrows; r < BLOCK_ROWS; ++r) {   /* padding rows add nothing */
+        ld[r] = T(0);
+        for (int i = 0; i < dim; ++i) yt[(index_t)i * BLOCK_ROWS + r] = T(0);
+    }
+    /* Per-lane float64 partial sums: one serial accumulator would be a
+     * latency-bound chain of 2048 dependent additions per block. */
+    double part_sq[LANES] = {}, part_ld[LANES] = {};
     for (int i = 0; i < dim; ++i) {
         T* yi = yt + (index_t)i * BLOCK_ROWS;
-        for (index_t r = 0; r < BLOCK_ROWS; ++r) {
-            sum_sq += r < nrows ? (double)yi[r] * yi[r] : 0.0;
-            yi[r] = r < nrows ? a * yi[r] : T(0);
+        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const double y = yi[r0 + l];
+                part_sq[l] += y * y;
+                yi[r0 + l] *= a;
+            }
         }
     }
+    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+        PFC_VM_PRAGMA_SIMD
+        for (int l = 0; l < LANES; ++l) part_ld[l] += ld[r0 + l];
+    }
     for (index_t r = 0; r < BLOCK_ROWS; ++r) gld[r] = r < nrows ? b : T(0);
-    sums[0] += sum_sq;
-    sums[1] += sum_ld;
+    sums[0] += lane_sum(part_sq);
+    sums[1] += lane_sum(part_ld);
 }
 
 /* The VJP of a chain's inverse for one block: the inverse is recomputed
@@ -1224,7 +1274,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
                                                      int dim, index_t nrows, const T* x,
                                                      const T* grad_z, const T* grad_log_det,
                                                      T a, T b, double* sums, T* grad_x, T* acc,
-                                                     T* scratch) {
+                                                     T* lanes, T* scratch) {
     const index_t stride = (index_t)dim * BLOCK_ROWS;
     const bool quadratic = grad_z == nullptr;
     T* stack = scratch;                      /* v_0 .. v_{K-1}, and v_K = x */
@@ -1320,7 +1370,8 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
                 sum_d[l] += dr;
             }
         }
-        planar_vjp_dims<true>(wk, dim, stack + k * stride, gt, t, d, lane_sum(sum_gc), T(-1), a);
+        planar_vjp_dims<true>(wk, dim, stack + k * stride, gt, t, d, lane_sum(sum_gc), T(-1), a,
+                              planar_vjp_lanes(lanes, k, dim));
         a[2 * dim] -= lane_sum(sum_d);
     }
     store_block(gt, dim, nrows, grad_x);
@@ -1344,7 +1395,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
 template <typename T>
 PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T* gt,
                                          const T* gld, const T* t, const T* hp, T* acc,
-                                         T* scratch) {
+                                         T* lanes, T* scratch) {
     const T* uhat = work;
     const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
     T* ds = scratch;
@@ -1362,7 +1413,7 @@ PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T*
             sum_ds[l] += d_s;
         }
     }
-    planar_vjp_dims<false>(work, dim, zt, gt, t, ds, lane_sum(sum_gc), T(1), acc);
+    planar_vjp_dims<false>(work, dim, zt, gt, t, ds, lane_sum(sum_gc), T(1), acc, lanes);
     acc[2 * dim] += lane_sum(sum_ds);
 }
 
@@ -1441,7 +1492,8 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                                              const long long* acc_offsets, int K, int dim,
                                              index_t nrows, bool prefetch, const T* z,
                                              const T* grad_x, const T* grad_log_det, T a, T b,
-                                             double* sums, T* grad_z, T* acc, T* scratch) {
+                                             double* sums, T* grad_z, T* acc, T* lanes,
+                                             T* scratch) {
     const index_t stride = (index_t)dim * BLOCK_ROWS;
     const bool quadratic = grad_x == nullptr;
     T* stack = scratch;                      /* K transposed layer inputs */
@@ -1514,7 +1566,8 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
         }
         if (kinds[k] == KIND_PLANAR) {
             const T* t = act + 2 * (index_t)k * BLOCK_ROWS;
-            planar_backward_block(wk, dim, zt, gt, gld, t, t + BLOCK_ROWS, acc_k, tmp);
+            planar_backward_block(wk, dim, zt, gt, gld, t, t + BLOCK_ROWS, acc_k,
+                                  planar_vjp_lanes(lanes, k, dim), tmp);
             continue;
         }
         if (kinds[k] == KIND_RADIAL) {
@@ -1577,17 +1630,17 @@ PFC_DEFINE_BLOCK_DISPATCH(chain_inverse_backward_block,
     (const int* kinds, const T* work, const long long* work_offsets,
      const long long* acc_offsets, int K, int dim, index_t nrows, const T* x,
      const T* grad_z, const T* grad_log_det, T a, T b, double* sums, T* grad_x, T* acc,
-     T* scratch),
+     T* lanes, T* scratch),
     (kinds, work, work_offsets, acc_offsets, K, dim, nrows, x, grad_z, grad_log_det, a, b,
-     sums, grad_x, acc, scratch))
+     sums, grad_x, acc, lanes, scratch))
 
 PFC_DEFINE_BLOCK_DISPATCH(chain_backward_block,
     (const int* kinds, const T* work, const long long* work_offsets,
      const long long* acc_offsets, int K, int dim, index_t nrows, bool prefetch,
      const T* z, const T* grad_x, const T* grad_log_det, T a, T b, double* sums, T* grad_z,
-     T* acc, T* scratch),
+     T* acc, T* lanes, T* scratch),
     (kinds, work, work_offsets, acc_offsets, K, dim, nrows, prefetch, z, grad_x,
-     grad_log_det, a, b, sums, grad_z, acc, scratch))
+     grad_log_det, a, b, sums, grad_z, acc, lanes, scratch))
 
 #undef PFC_DEFINE_BLOCK_DISPATCH
 #undef PFC_UNPAREN

@@ -62,7 +62,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from pyflowcore._kernels._parallel cimport (
     MIN_ROWS_PARALLEL, chunk_start, num_chunks, scratch_alloc)
@@ -106,7 +106,10 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
                                  const long long* work_offsets, const long long* acc_offsets,
                                  int K, int dim, Py_ssize_t nrows, bint prefetch, const T* z,
                                  const T* grad_x, const T* grad_log_det, T a, T b,
-                                 double* sums, T* grad_z, T* acc, T* scratch)
+                                 double* sums, T* grad_z, T* acc, T* lanes, T* scratch)
+    long long chain_vjp_lanes_size(int K, int dim)
+    void chain_vjp_lanes_flush[T](const int* kinds, int K, int dim,
+                                  const long long* acc_offsets, T* lanes, T* acc)
     void chain_inverse_block[T](int level, const int* kinds, const T* work,
                                 const long long* work_offsets, int K, int dim,
                                 Py_ssize_t nrows, const T* x, T* z, T* log_det, T* scratch)
@@ -116,7 +119,7 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
                                          const long long* acc_offsets, int K, int dim,
                                          Py_ssize_t nrows, const T* x, const T* grad_z,
                                          const T* grad_log_det, T a, T b, double* sums,
-                                         T* grad_x, T* acc, T* scratch)
+                                         T* grad_x, T* acc, T* lanes, T* scratch)
 
 # Below this many rows the forward takes the row functions: the block kernel
 # computes at least a quarter block (32 rows, zero-padded).
@@ -494,7 +497,8 @@ cdef class RowwiseRun:
         cdef const floating* go
         cdef const floating* gl
         cdef double* sc
-        cdef long long scratch_size
+        cdef long long scratch_size, lanes_size
+        cdef floating* lanes = NULL
         cdef floating* work = <floating*>malloc(self.work_offsets[K] * sizeof(floating))
         cdef floating* partial = <floating*>malloc(nc * acc_size * sizeof(floating))
         if work == NULL or partial == NULL:
@@ -509,8 +513,14 @@ cdef class RowwiseRun:
                 level = cpu_level()
                 scratch_size = (chain_inverse_backward_scratch_size(K, dim) if inverse_map
                                 else chain_backward_scratch_size(K, dim))
+                lanes_size = chain_vjp_lanes_size(K, dim)
                 with parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
-                    stack = <floating*>scratch_alloc(scratch_size * sizeof(floating))
+                    # The block scratch, then the per-lane sums kept across a chunk's blocks.
+                    stack = <floating*>scratch_alloc((scratch_size + lanes_size)
+                                                     * sizeof(floating))
+                    lanes = stack + scratch_size
+                    if stack != NULL:
+                        memset(lanes, 0, lanes_size * sizeof(floating))
                     for c in prange(nc, schedule="dynamic"):
                         if stack == NULL:
                             failed += 1
@@ -527,13 +537,14 @@ cdef class RowwiseRun:
                                 chain_inverse_backward_block(
                                     level, self.kinds, work, self.work_offsets,
                                     self.acc_offsets, K, dim, rows, &v[lo, 0], go, gl, a, b,
-                                    sc, &grad_in[lo, 0], acc, stack)
+                                    sc, &grad_in[lo, 0], acc, lanes, stack)
                             else:
                                 chain_backward_block(
                                     level, self.kinds, work, self.work_offsets, self.acc_offsets,
                                     K, dim, rows, lo + rows < hi, &v[lo, 0], go, gl, a, b, sc,
-                                    &grad_in[lo, 0], acc, stack)
+                                    &grad_in[lo, 0], acc, lanes, stack)
                             lo = lo + rows
+                        chain_vjp_lanes_flush(self.kinds, K, dim, self.acc_offsets, lanes, acc)
                     free(stack)
             else:
                 with parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
