@@ -711,18 +711,19 @@ PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
 }
 
 /* Per-lane parameter sums across blocks.  A planar layer's VJP sums 2 dim
- * products over the rows of every block; folding each sum's LANES partial
- * sums to one number per block (lane_sum) took ~20% of the backward.  They
- * are added, still per lane, to a layer's slice of `lanes` (2 dim x LANES
- * values, planar_vjp_lanes) instead, and folded into the gradient
- * accumulator once per chunk of rows (chain_vjp_lanes_flush), which also
- * zeroes them for the next chunk. */
+ * products over the rows of every block (a radial layer's, dim); folding
+ * each sum's LANES partial sums to one number per block (lane_sum) took ~20%
+ * of the planar backward.  They are added, still per lane, to the layer's
+ * slice of `lanes` (2 dim x LANES values, layer_vjp_lanes) instead, and
+ * folded into the gradient accumulator once per chunk of rows
+ * (chain_vjp_lanes_flush: planar dL/duhat, dL/dw at acc[0, 2 dim), radial
+ * dL/dz0 at acc[2, 2 + dim)), which also zeroes them for the next chunk. */
 PFC_HOSTDEVICE PFC_INLINE long long chain_vjp_lanes_size(int K, int dim) {
     return (long long)K * 2 * dim * LANES;
 }
 
 template <typename T>
-PFC_VM_INLINE T* planar_vjp_lanes(T* lanes, int k, int dim) {
+PFC_VM_INLINE T* layer_vjp_lanes(T* lanes, int k, int dim) {
     return lanes + (index_t)k * 2 * dim * LANES;
 }
 
@@ -730,10 +731,12 @@ template <typename T>
 inline void chain_vjp_lanes_flush(const int* kinds, int K, int dim,
                                   const long long* acc_offsets, T* lanes, T* acc) {
     for (int k = 0; k < K; ++k) {
-        if (kinds[k] != KIND_PLANAR) continue;
-        T* lk = planar_vjp_lanes(lanes, k, dim);
-        for (int j = 0; j < 2 * dim; ++j) {
-            acc[acc_offsets[k] + j] += lane_sum(lk + (index_t)j * LANES);
+        if (kinds[k] != KIND_PLANAR && kinds[k] != KIND_RADIAL) continue;
+        const bool planar = kinds[k] == KIND_PLANAR;
+        T* lk = layer_vjp_lanes(lanes, k, dim);
+        T* acc_k = acc + acc_offsets[k] + (planar ? 0 : 2);
+        for (int j = 0; j < (planar ? 2 * dim : dim); ++j) {
+            acc_k[j] += lane_sum(lk + (index_t)j * LANES);
             for (int l = 0; l < LANES; ++l) lk[(index_t)j * LANES + l] = T(0);
         }
     }
@@ -1107,11 +1110,11 @@ PFC_VM_INLINE void elementwise_inverse_vjp_block(int kind, const T* work, int di
 
 /* The per-dimension part of a radial layer's VJP for a block: g <- m g +
  * cr (v - z0) row by row (v the points the layer's map is evaluated at) and
- * dL/dz0_i += sum (g_old - g_new); rows with flag[r] != 0 keep g (the row
- * function redoes them). */
+ * dL/dz0_i += sum (g_old - g_new), per lane into `lanes` (layer_vjp_lanes);
+ * rows with flag[r] != 0 keep g (the row function redoes them). */
 template <typename T>
 PFC_VM_INLINE void radial_vjp_dims(const T* z0, int dim, const T* vt, T* gt, const T* m,
-                                   const T* cr, const T* flag, T* acc_z0) {
+                                   const T* cr, const T* flag, T* lanes) {
     using vm::detail::select_;
     for (int i = 0; i < dim; ++i) {
         const T z0i = z0[i];
@@ -1128,7 +1131,9 @@ PFC_VM_INLINE void radial_vjp_dims(const T* z0, int dim, const T* vt, T* gt, con
                 gi[r] = g_new;
             }
         }
-        acc_z0[i] += lane_sum(a);
+        T* li = lanes + (index_t)i * LANES;
+        PFC_VM_PRAGMA_SIMD
+        for (int l = 0; l < LANES; ++l) li[l] += a[l];
     }
 }
 
@@ -1162,7 +1167,8 @@ PFC_VM_INLINE void radial_vjp_flagged_rows(int dim, const T* vt, T* gt, const T*
  * function; padding rows have zero cotangents and add nothing. */
 template <typename T>
 PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt, T* gt,
-                                            const T* gld, index_t nrows, T* acc, T* scratch) {
+                                            const T* gld, index_t nrows, T* acc, T* lanes,
+                                            T* scratch) {
     using vm::detail::select_;
     const T alpha = work[0], s = work[1], beta = work[2];
     const T* z0 = work + 3;
@@ -1208,7 +1214,7 @@ PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt,
     }
     acc[0] += lane_sum(sum_a);
     acc[1] += lane_sum(sum_s);
-    radial_vjp_dims(z0, dim, xt, gt, mg, cr, dist2, acc + 2);
+    radial_vjp_dims(z0, dim, xt, gt, mg, cr, dist2, lanes);
     if (nbad != 0) {
         radial_vjp_flagged_rows(dim, xt, gt, gld, dist2, nrows, row, [&](T* v, T* g, T gl) {
             radial_inverse_backward_row(work, dim, v, g, gl, g, acc);
@@ -1342,7 +1348,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
         const T* wk = work + work_offsets[k];
         if (kinds[k] == KIND_RADIAL) {
             radial_inverse_vjp_block(wk, dim, stack + (k + 1) * stride, gt, gld, nrows,
-                                     acc + acc_offsets[k], tmp);
+                                     acc + acc_offsets[k], layer_vjp_lanes(lanes, k, dim), tmp);
             continue;
         }
         if (kinds[k] != KIND_PLANAR) {
@@ -1371,7 +1377,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
             }
         }
         planar_vjp_dims<true>(wk, dim, stack + k * stride, gt, t, d, lane_sum(sum_gc), T(-1), a,
-                              planar_vjp_lanes(lanes, k, dim));
+                              layer_vjp_lanes(lanes, k, dim));
         a[2 * dim] -= lane_sum(sum_d);
     }
     store_block(gt, dim, nrows, grad_x);
@@ -1427,7 +1433,8 @@ PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T*
  * contributions are 0). */
 template <typename T>
 PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T* gt,
-                                         const T* gld, index_t nrows, T* acc, T* scratch) {
+                                         const T* gld, index_t nrows, T* acc, T* lanes,
+                                         T* scratch) {
     const T alpha = work[0], s = work[1], beta = work[2];
     const T* z0 = work + 3;
     T* dist2 = scratch;
@@ -1465,7 +1472,7 @@ PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T*
     }
     acc[0] += lane_sum(sum_a);
     acc[1] += lane_sum(sum_s);
-    radial_vjp_dims(z0, dim, zt, gt, pg, cr, dist2, acc + 2);
+    radial_vjp_dims(z0, dim, zt, gt, pg, cr, dist2, lanes);
     if (nbad != 0) {
         radial_vjp_flagged_rows(dim, zt, gt, gld, dist2, nrows, row, [&](T* v, T* g, T gl) {
             radial_backward_row(work, dim, v, g, gl, g, acc);
@@ -1567,11 +1574,12 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
         if (kinds[k] == KIND_PLANAR) {
             const T* t = act + 2 * (index_t)k * BLOCK_ROWS;
             planar_backward_block(wk, dim, zt, gt, gld, t, t + BLOCK_ROWS, acc_k,
-                                  planar_vjp_lanes(lanes, k, dim), tmp);
+                                  layer_vjp_lanes(lanes, k, dim), tmp);
             continue;
         }
         if (kinds[k] == KIND_RADIAL) {
-            radial_backward_block(wk, dim, zt, gt, gld, nrows, acc_k, tmp);
+            radial_backward_block(wk, dim, zt, gt, gld, nrows, acc_k,
+                                  layer_vjp_lanes(lanes, k, dim), tmp);
             continue;
         }
         T* zr = tmp;
