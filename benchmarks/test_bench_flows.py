@@ -1,4 +1,4 @@
-"""pytest-benchmark cases: every flow's forward, inverse and backward.
+"""pytest-benchmark cases: every flow's forward, inverse, both VJPs and fused losses.
 
 Run with ``python -m pytest benchmarks --benchmark-only`` (add
 ``--benchmark-columns=median,iqr,rounds`` for a compact table).  The sizes
@@ -63,7 +63,8 @@ def dtype(request):
 
 
 @pytest.mark.parametrize("name", FLOWS)
-@pytest.mark.parametrize("method", ["forward", "inverse", "backward", "inverse_backward"])
+@pytest.mark.parametrize("method", ["forward", "inverse", "backward", "inverse_backward",
+                                    "quadratic", "nll"])
 def test_flow(benchmark, name, method, dtype):
     rng = np.random.default_rng(0)
     flow = FLOWS[name](dtype, rng)
@@ -79,6 +80,11 @@ def test_flow(benchmark, name, method, dtype):
         "inverse": lambda: flow.inverse(x, out=out),
         "backward": lambda: flow.backward(z, g, gld, out=grad_out),
         "inverse_backward": lambda: flow.inverse_backward(x, g, gld, out=grad_out),
+        # the loss of W2/W4 (mean(log_det + ||x||^2)) and the maximum-likelihood
+        # loss, each with its gradient, in one call
+        "quadratic": lambda: flow.quadratic_loss_and_grad(z, 2.0 / N, 1.0 / N, out=grad_out),
+        "nll": lambda: flow.quadratic_loss_and_grad(x, 1.0 / N, -1.0 / N, inverse=True,
+                                                    out=grad_out),
     }[method]
     benchmark.group = f"{name}-{method}-{dtype}"
     benchmark(call)

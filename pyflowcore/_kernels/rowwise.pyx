@@ -38,9 +38,16 @@ CUDA kernels run, one thread per row.
   through the run, keeping the K layer inputs of that one row in a small
   per-thread stack, then the layers' vector-Jacobian products run first to
   last.
+* quadratic_vjp (``Flow.quadratic_loss_and_grad``): the backward or the
+  inverse_backward blocks with the cotangents of the loss
+  sum_r (a/2 |y_r|^2 + b ld_r) formed in the block from the output the
+  recompute produces (run through the last layer, with log-determinants),
+  so the loss and its gradient cost one pass instead of a map and a VJP.
 * Parameter gradients go to per-chunk accumulators that are summed in chunk
   order (``_parallel.pxd``), bitwise reproducible for any number of
-  threads.
+  threads.  Within a chunk, the planar and radial VJPs' sums over rows stay
+  per SIMD lane (``lanes``, after the block scratch) and are folded into
+  the chunk's accumulator once, at its end (``chain_vjp_lanes_flush``).
 
 Small batches.  For one layer on a few rows the kernels cost less than a
 call's set-up (validation, memoryviews, output allocation, an OpenMP region

@@ -91,6 +91,22 @@ def test_agrees_with_cpu_on_random_parameters(case, dim, dtype):
         close(gpg, gp, tol)
 
 
+@pytest.mark.parametrize("case,dim,dtype", case_params())
+def test_quadratic_loss_and_grad_agrees_with_cpu(case, dim, dtype):
+    # On the GPU the loss composes the map and its VJP; on the CPU Real NVP
+    # and row-wise runs fuse them.
+    cpu, gpu, z = build_pair(case, dim, dtype, n=300)
+    x = cpu.forward(z)[0]
+    for v, inverse in ((z, False), (x, True)):
+        loss, gv, gp = cpu.quadratic_loss_and_grad(v, 0.7, -1.3, inverse=inverse)
+        loss_g, gvg, gpg = gpu.quadratic_loss_and_grad(cp.asarray(v), 0.7, -1.3,
+                                                       inverse=inverse)
+        assert isinstance(loss_g, float) and isinstance(gvg, cp.ndarray)
+        np.testing.assert_allclose(loss_g, loss, rtol=10 * RTOL_CPU[dtype])
+        close(gvg, gv, RTOL_CPU[dtype])
+        close(gpg, gp, RTOL_CPU[dtype])
+
+
 @pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
 def test_parameter_gradients_are_deterministic(case, dim, dtype):
     _, flow, z = build_pair(case, dim, dtype, n=5000)
