@@ -8,13 +8,14 @@ A concrete flow supplies four kernels working on validated, C-contiguous
 ``_backward(z, grad_x, grad_log_det, grad_z, grad_params)``
 ``_inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)``
 
-and optionally, on the CPU, a fused ``_quadratic_vjp(inverse, v, sq_weight,
-log_det_weight, grad_in, grad_params)`` returning ``(sum |y|^2, sum ld)``
-(see ``quadratic_loss_and_grad``), and ``_config()``, the constructor arguments that rebuild it (used by
-``pyflowcore.save``).  On the GPU (``to("cuda")``) the same four calls go to
-the flow's CUDA engine (``pyflowcore.cuda``) with CuPy arrays.  Everything a user calls -- conversion of array-likes,
-single points, ``out=`` arrays, the standard-normal base distribution --
-lives here once.
+and ``_config()``, the constructor arguments that rebuild it (used by
+``pyflowcore.save``); optionally, on the CPU, a fused
+``_quadratic_vjp(inverse, v, sq_weight, log_det_weight, grad_in, grad_params)``
+returning ``(sum |y|^2, sum ld)`` (see ``quadratic_loss_and_grad``).  On
+the GPU (``to("cuda")``) the same four calls go to the flow's CUDA engine
+(``pyflowcore.cuda``) with CuPy arrays.  Everything a user calls --
+conversion of array-likes, single points, ``out=`` arrays, the
+standard-normal base distribution -- lives here once.
 """
 
 import math
@@ -63,7 +64,6 @@ class Flow:
 
     device = "cpu"
     _gpu = None  # the CUDA engine running the kernels while on "cuda"
-    _quadratic_vjp = None  # a fused CPU kernel for quadratic_loss_and_grad, if any
 
     def __init__(self, dim, num_params, dtype="float64"):
         self.dim = check_positive_int(dim, "dim")

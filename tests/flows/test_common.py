@@ -356,7 +356,7 @@ def test_quadratic_loss_and_grad_matches_finite_differences(case, dim, inverse):
 def test_quadratic_loss_and_grad_shapes_and_errors(case, dim, dtype):
     flow, z = build(case, dim, dtype)
     loss1, g1, gp1 = flow.quadratic_loss_and_grad(z[3], 0.5, 2.0)
-    loss, g, gp = flow.quadratic_loss_and_grad(z[3:4], 0.5, 2.0)
+    loss, g, _ = flow.quadratic_loss_and_grad(z[3:4], 0.5, 2.0)
     assert g1.shape == (flow.dim,) and gp1.shape == (flow.num_params,)
     np.testing.assert_allclose([loss1, *g1], [loss, *g[0]], rtol=1e-13)
     loss0, g0, gp0 = flow.quadratic_loss_and_grad(np.zeros((0, flow.dim)), 1.0, 1.0)
