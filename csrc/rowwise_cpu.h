@@ -1222,6 +1222,42 @@ PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt,
     }
 }
 
+/* A planar layer's VJP for a block, t and hp its activations at the rows
+ * zt (its input; for the inverse, the output z of its inverse).  With
+ * L = g_x.x + g_ld log D (planar.h):
+ *   dL/ds = hp (g_x.uhat - 2 g_ld c t / D),  dL/dc = g_ld hp / D,
+ *   grad_z = g_x + dL/ds w,  dL/duhat = t g_x + dL/dc w,
+ *   dL/dw = dL/ds z + dL/dc uhat,  dL/db = dL/ds.
+ * The inverse's VJP (INVERSE; gt holds g_z, gld the cotangent of log_det_inv)
+ * is the same with coef = -d, d = hp (g_z.uhat - 2 g_c c t) / D, taken
+ * after the update, and the sums' signs flipped (planar_vjp_dims).
+ * scratch: BLOCK_ROWS values. */
+template <bool INVERSE, typename T>
+PFC_VM_INLINE void planar_vjp_block(const T* work, int dim, const T* zt, T* gt, const T* gld,
+                                    const T* t, const T* hp, T* acc, T* lanes, T* scratch) {
+    const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
+    T* coef = scratch;
+    block_dot<BLOCK_ROWS>(work, T(0), dim, gt, coef);     /* g.uhat, for now */
+    T sum_gc[LANES] = {}, sum_coef[LANES] = {};
+    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+        PFC_VM_PRAGMA_SIMD
+        for (int l = 0; l < LANES; ++l) {
+            const int r = r0 + l;
+            const T tr = t[r], hr = hp[r];
+            const T inv_d = T(1) / (tr * tr + hr * sp);
+            const T g_c = gld[r] * hr * inv_d;                        /* dL/dc */
+            const T q = hr * coef[r] - T(2) * g_c * c * tr;
+            const T cr = INVERSE ? -(inv_d * q) : q;                  /* dL/ds, -d */
+            coef[r] = cr;
+            sum_gc[l] += g_c;
+            sum_coef[l] += cr;
+        }
+    }
+    planar_vjp_dims<INVERSE>(work, dim, zt, gt, t, coef, lane_sum(sum_gc),
+                             INVERSE ? T(-1) : T(1), acc, lanes);
+    acc[2 * dim] += lane_sum(sum_coef);
+}
+
 /* The quadratic loss sum_r (a/2 |y_r|^2 + b ld_r) of a block's output y
  * (transposed in yt) and log-determinants ld: adds sum |y_r|^2 and sum ld_r
  * over the real rows to sums[0], sums[1], and turns yt into the cotangent
@@ -1356,29 +1392,9 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
                                           acc + acc_offsets[k]);
             continue;
         }
-        const T c = wk[2 * dim + 1], sp = wk[2 * dim + 2];
         const T* t = act + 2 * (index_t)k * BLOCK_ROWS;
-        const T* hp = t + BLOCK_ROWS;
-        T* a = acc + acc_offsets[k];
-        T* d = y;
-        block_dot<BLOCK_ROWS>(wk, T(0), dim, gt, d);     /* uhat.g_z, for now */
-        T sum_gc[LANES] = {}, sum_d[LANES] = {};
-        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
-            PFC_VM_PRAGMA_SIMD
-            for (int l = 0; l < LANES; ++l) {
-                const int r = r0 + l;
-                const T tr = t[r], hr = hp[r];
-                const T inv_d = T(1) / (tr * tr + hr * sp);
-                const T g_c = gld[r] * hr * inv_d;
-                const T dr = inv_d * (hr * d[r] - T(2) * g_c * c * tr);
-                d[r] = -dr;                             /* coef of planar_vjp_dims */
-                sum_gc[l] += g_c;
-                sum_d[l] += dr;
-            }
-        }
-        planar_vjp_dims<true>(wk, dim, stack + k * stride, gt, t, d, lane_sum(sum_gc), T(-1), a,
-                              layer_vjp_lanes(lanes, k, dim));
-        a[2 * dim] -= lane_sum(sum_d);
+        planar_vjp_block<true>(wk, dim, stack + k * stride, gt, gld, t, t + BLOCK_ROWS,
+                               acc + acc_offsets[k], layer_vjp_lanes(lanes, k, dim), y);
     }
     store_block(gt, dim, nrows, grad_x);
 }
@@ -1394,34 +1410,6 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
  * functions.  Padding rows have zero cotangents and so add nothing to the
  * sums. */
 
-/* L = g_x.x + g_ld log D (planar.h):
- *   dL/ds = hp (g_x.uhat - 2 g_ld c t / D),  dL/dc = g_ld hp / D,
- *   grad_z = g_x + dL/ds w,  dL/duhat = t g_x + dL/dc w,
- *   dL/dw = dL/ds z + dL/dc uhat,  dL/db = dL/ds. */
-template <typename T>
-PFC_VM_INLINE void planar_backward_block(const T* work, int dim, const T* zt, T* gt,
-                                         const T* gld, const T* t, const T* hp, T* acc,
-                                         T* lanes, T* scratch) {
-    const T* uhat = work;
-    const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
-    T* ds = scratch;
-    block_dot<BLOCK_ROWS>(uhat, T(0), dim, gt, ds);     /* g.uhat, for now */
-    T sum_gc[LANES] = {}, sum_ds[LANES] = {};
-    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
-        PFC_VM_PRAGMA_SIMD
-        for (int l = 0; l < LANES; ++l) {
-            const int r = r0 + l;
-            const T tr = t[r], hr = hp[r];
-            const T g_c = gld[r] * hr / (tr * tr + hr * sp);     /* dL/dc */
-            const T d_s = hr * ds[r] - T(2) * g_c * c * tr;      /* dL/ds */
-            ds[r] = d_s;
-            sum_gc[l] += g_c;
-            sum_ds[l] += d_s;
-        }
-    }
-    planar_vjp_dims<false>(work, dim, zt, gt, t, ds, lane_sum(sum_gc), T(1), acc, lanes);
-    acc[2 * dim] += lane_sum(sum_ds);
-}
 
 /* radial_backward_row for the block, with P = g_x.(z - z0):
  *   grad_z = g g_x + (c / r) (z - z0),
@@ -1573,8 +1561,8 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
         }
         if (kinds[k] == KIND_PLANAR) {
             const T* t = act + 2 * (index_t)k * BLOCK_ROWS;
-            planar_backward_block(wk, dim, zt, gt, gld, t, t + BLOCK_ROWS, acc_k,
-                                  layer_vjp_lanes(lanes, k, dim), tmp);
+            planar_vjp_block<false>(wk, dim, zt, gt, gld, t, t + BLOCK_ROWS, acc_k,
+                                    layer_vjp_lanes(lanes, k, dim), tmp);
             continue;
         }
         if (kinds[k] == KIND_RADIAL) {
