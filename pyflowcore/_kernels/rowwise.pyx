@@ -328,94 +328,90 @@ cdef class RowwiseRun:
             return self._inverse_ptr(work, n, v, out, log_det)
         return self._forward_ptr(work, n, v, out, log_det)
 
-    # The dispatch of forward and inverse, with one difference: below
-    # MIN_ROWS_PARALLEL rows the loops are plain loops, not a prange whose
-    # use_threads_if is false -- that still opens an OpenMP region, and
-    # libgomp's closing barrier makes futex calls costing about a
-    # microsecond.  Each row or block is computed by the same call either
-    # way, so the results are bitwise those of forward / inverse.
+    # The dispatch of forward and inverse: the row functions below
+    # SMALL_BATCH rows, the block kernels from there on (_map_blocks).
     cdef int _forward_ptr(self, const floating* work, Py_ssize_t n, const floating* z,
                           floating* x, floating* log_det) noexcept nogil:
-        cdef Py_ssize_t i, blk, lo
-        cdef Py_ssize_t num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-        cdef int k, K = self.K, dim = self.dim, level, failed = 0
+        cdef Py_ssize_t i
+        cdef int k, K = self.K, dim = self.dim
         cdef floating ld
-        cdef floating* scratch = NULL
-        if n < SMALL_BATCH:
-            for i in range(n):
-                ld = layer_forward_row(self.kinds[0], work, dim, z + i * dim, x + i * dim)
-                for k in range(1, K):
-                    ld = ld + layer_forward_row(self.kinds[k], work + self.work_offsets[k],
-                                                dim, x + i * dim, x + i * dim)
-                log_det[i] = ld
-            return 0
-        level = cpu_level()
-        if n < MIN_ROWS_PARALLEL:
-            scratch = <floating*>scratch_alloc(chain_block_scratch_size(dim) * sizeof(floating))
-            if scratch == NULL:
-                return 1
-            for blk in range(num_blocks):
-                lo = blk * BLOCK_ROWS
-                chain_forward_block(level, self.kinds, work, self.work_offsets, K, dim,
-                                    min(<Py_ssize_t>BLOCK_ROWS, n - lo), lo + BLOCK_ROWS < n,
-                                    z + lo * dim, x + lo * dim, log_det + lo, scratch)
-            free(scratch)
-            return 0
-        # One scratch block per thread, not per block of rows.
-        with parallel():
-            scratch = <floating*>scratch_alloc(chain_block_scratch_size(dim) * sizeof(floating))
-            for blk in prange(num_blocks, schedule="static"):
-                if scratch == NULL:
-                    failed += 1
-                else:
-                    lo = blk * BLOCK_ROWS
-                    chain_forward_block(level, self.kinds, work, self.work_offsets, K, dim,
-                                        min(<Py_ssize_t>BLOCK_ROWS, n - lo), lo + BLOCK_ROWS < n,
-                                        z + lo * dim, x + lo * dim, log_det + lo, scratch)
-            free(scratch)
-        return failed
+        if n >= SMALL_BATCH:
+            return self._map_blocks(False, work, n, z, x, log_det)
+        for i in range(n):
+            ld = layer_forward_row(self.kinds[0], work, dim, z + i * dim, x + i * dim)
+            for k in range(1, K):
+                ld = ld + layer_forward_row(self.kinds[k], work + self.work_offsets[k],
+                                            dim, x + i * dim, x + i * dim)
+            log_det[i] = ld
+        return 0
 
     cdef int _inverse_ptr(self, const floating* work, Py_ssize_t n, const floating* x,
                           floating* z, floating* log_det) noexcept nogil:
-        # The block kernel (a vectorised Newton solve per planar layer) from
-        # SMALL_BATCH rows on, the row functions below; both dynamically
-        # scheduled: rows take varying numbers of steps.
-        cdef Py_ssize_t i, blk, lo
-        cdef Py_ssize_t num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-        cdef int K = self.K, dim = self.dim, level, failed = 0
+        cdef Py_ssize_t i
+        cdef int dim = self.dim
+        if n >= SMALL_BATCH:
+            return self._map_blocks(True, work, n, x, z, log_det)
+        for i in range(n):
+            log_det[i] = self._inverse_row(work, x + i * dim, z + i * dim)
+        return 0
+
+    cdef int _map_blocks(self, bint inverse_map, const floating* work, Py_ssize_t n,
+                         const floating* v, floating* out, floating* log_det) noexcept nogil:
+        """The block kernels over the batch, one scratch block per thread.
+
+        The inverse is dynamically scheduled: its rows take varying numbers
+        of Newton steps.  Below MIN_ROWS_PARALLEL rows the loop is a plain loop,
+        not a prange whose use_threads_if is false -- that still opens an
+        OpenMP region, and libgomp's closing barrier makes futex calls
+        costing about a microsecond.  Each block is computed by the same call
+        either way, so results do not depend on the number of threads."""
+        cdef Py_ssize_t blk, num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+        cdef int level = cpu_level(), failed = 0
+        cdef int* failed_ptr = &failed   # written through: shared by the two loops
+        cdef long long scratch_size = chain_block_scratch_size(self.dim)
         cdef floating* scratch = NULL
-        if n < SMALL_BATCH:
-            if n < MIN_ROWS_PARALLEL:
-                for i in range(n):
-                    log_det[i] = self._inverse_row(work, x + i * dim, z + i * dim)
-            else:
-                for i in prange(n, schedule="dynamic", chunksize=64):
-                    log_det[i] = self._inverse_row(work, x + i * dim, z + i * dim)
-            return 0
-        level = cpu_level()
         if n < MIN_ROWS_PARALLEL:
-            scratch = <floating*>scratch_alloc(chain_block_scratch_size(dim) * sizeof(floating))
+            scratch = <floating*>scratch_alloc(scratch_size * sizeof(floating))
             if scratch == NULL:
                 return 1
             for blk in range(num_blocks):
-                lo = blk * BLOCK_ROWS
-                chain_inverse_block(level, self.kinds, work, self.work_offsets, K, dim,
-                                    min(<Py_ssize_t>BLOCK_ROWS, n - lo), x + lo * dim,
-                                    z + lo * dim, log_det + lo, scratch)
+                self._map_block(inverse_map, level, work, n, blk * BLOCK_ROWS, v, out, log_det,
+                                scratch)
             free(scratch)
             return 0
         with parallel():
-            scratch = <floating*>scratch_alloc(chain_block_scratch_size(dim) * sizeof(floating))
-            for blk in prange(num_blocks, schedule="dynamic"):
-                if scratch == NULL:
-                    failed += 1
-                else:
-                    lo = blk * BLOCK_ROWS
-                    chain_inverse_block(level, self.kinds, work, self.work_offsets, K, dim,
-                                        min(<Py_ssize_t>BLOCK_ROWS, n - lo), x + lo * dim,
-                                        z + lo * dim, log_det + lo, scratch)
+            scratch = <floating*>scratch_alloc(scratch_size * sizeof(floating))
+            if inverse_map:
+                for blk in prange(num_blocks, schedule="dynamic"):
+                    if scratch == NULL:
+                        failed_ptr[0] = 1
+                    else:
+                        self._map_block(True, level, work, n, blk * BLOCK_ROWS, v, out,
+                                        log_det, scratch)
+            else:
+                # Static: each thread's blocks are contiguous, so the rows a
+                # block prefetches are the ones its thread takes next.
+                for blk in prange(num_blocks, schedule="static"):
+                    if scratch == NULL:
+                        failed_ptr[0] = 1
+                    else:
+                        self._map_block(False, level, work, n, blk * BLOCK_ROWS, v, out,
+                                        log_det, scratch)
             free(scratch)
         return failed
+
+    cdef inline void _map_block(self, bint inverse_map, int level, const floating* work,
+                                Py_ssize_t n, Py_ssize_t lo, const floating* v, floating* out,
+                                floating* log_det, floating* scratch) noexcept nogil:
+        cdef Py_ssize_t rows = min(<Py_ssize_t>BLOCK_ROWS, n - lo)
+        cdef int dim = self.dim
+        if inverse_map:
+            chain_inverse_block(level, self.kinds, work, self.work_offsets, self.K, dim, rows,
+                                v + lo * dim, out + lo * dim, log_det + lo, scratch)
+        else:
+            chain_forward_block(level, self.kinds, work, self.work_offsets, self.K, dim, rows,
+                                lo + rows < n, v + lo * dim, out + lo * dim, log_det + lo,
+                                scratch)
 
     cdef inline floating _inverse_row(self, const floating* work, const floating* x,
                                       floating* z) noexcept nogil:
