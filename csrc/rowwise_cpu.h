@@ -606,6 +606,19 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
     }
 }
 
+/* radial_forward_block with the log-determinant going to a chain's ld, or
+ * into its products when it keeps them (ChainLogDet). */
+template <int R, typename T>
+PFC_VM_INLINE void radial_forward_chain(const ChainLogDet<T>& lds, const T* work, int dim,
+                                        const T* zt, T* xt, T* ld, T* scratch) {
+    if (lds.product) {
+        radial_forward_block<true, R, true>(work, dim, zt, xt, ld, scratch, lds.weighted,
+                                            lds.ones);
+    } else {
+        radial_forward_block<true, R>(work, dim, zt, xt, ld, scratch);
+    }
+}
+
 template <int R, typename T>
 PFC_VM_INLINE void scale_forward_block(const T* work, int dim, const T* zt, T* xt, T* log_det) {
     for (int i = 0; i < dim; ++i) {
@@ -673,14 +686,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                 have_s = planar_update_next<R>(wk, dim, xt, xt, t, k + 1 < K ? kinds[k + 1] : -1,
                                             work + work_offsets[k + 1], s);
                 break;
-            case KIND_RADIAL:
-                if (lds.product) {
-                    radial_forward_block<true, R, true>(wk, dim, xt, xt, ld, rest, lds.weighted,
-                                                        lds.ones);
-                } else {
-                    radial_forward_block<true, R>(wk, dim, xt, xt, ld, rest);
-                }
-                break;
+            case KIND_RADIAL: radial_forward_chain<R>(lds, wk, dim, xt, xt, ld, rest); break;
             case KIND_SCALE: scale_forward_block<R>(wk, dim, xt, xt, ld); break;
             default: shift_forward_block<R>(wk, dim, xt, xt);
         }
@@ -906,6 +912,17 @@ PFC_VM_INLINE void planar_logdet_block(const T* work, int dim, const T* t, const
     }
 }
 
+/* planar_logdet_block into a chain's ld or its products (ChainLogDet). */
+template <int R, typename T>
+PFC_VM_INLINE void planar_logdet_chain(const ChainLogDet<T>& lds, const T* work, int dim,
+                                       const T* t, const T* hp, T* ld, T* flag) {
+    if (lds.product) {
+        planar_logdet_block<R, true>(work, dim, t, hp, ld, flag, lds.ones);
+    } else {
+        planar_logdet_block<R, false>(work, dim, t, hp, ld, flag, lds.ones);
+    }
+}
+
 /* Inverses of the elementwise layers on a block: x / a (the row function
  * divides too) and x - b. */
 template <int R, typename T>
@@ -1007,6 +1024,18 @@ PFC_VM_INLINE void radial_inverse_block(const T* work, int dim, const T* xt, T* 
     }
 }
 
+/* radial_inverse_block into a chain's ld or its products (ChainLogDet). */
+template <int R, typename T>
+PFC_VM_INLINE void radial_inverse_chain(const ChainLogDet<T>& lds, const T* work, int dim,
+                                        const T* xt, T* zt, T* ld, T* scratch) {
+    if (lds.product) {
+        radial_inverse_block<true, R, true>(work, dim, xt, zt, ld, scratch, lds.weighted,
+                                            lds.ones);
+    } else {
+        radial_inverse_block<true, R>(work, dim, xt, zt, ld, scratch);
+    }
+}
+
 /* One block of rows of a chain through the inverses of layers K-1 .. 0:
  * z = f^{-1}(x) for rows [0, nrows), log_det = log|det df^{-1}/dx| = minus
  * the forward log-determinants at the points found.  Scratch as
@@ -1027,12 +1056,7 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
         if (kinds[k] == KIND_RADIAL) {
-            if (lds.product) {
-                radial_inverse_block<true, R, true>(wk, dim, xt, xt, ld, solve, lds.weighted,
-                                                    lds.ones);
-            } else {
-                radial_inverse_block<true, R>(wk, dim, xt, xt, ld, solve);
-            }
+            radial_inverse_chain<R>(lds, wk, dim, xt, xt, ld, solve);
             continue;
         }
         if (kinds[k] == KIND_SCALE) {
@@ -1046,11 +1070,7 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
         }
         block_dot<R>(wk + dim, wk[2 * dim], dim, xt, y);
         planar_solve_block<R>(wk, dim, y, t, hp, solve);
-        if (lds.product) {
-            planar_logdet_block<R, true>(wk, dim, t, hp, ld, y, lds.ones);
-        } else {
-            planar_logdet_block<R, false>(wk, dim, t, hp, ld, y, lds.ones);
-        }
+        planar_logdet_chain<R>(lds, wk, dim, t, hp, ld, y);
         planar_update_block<R, true>(wk, dim, xt, xt, t);
     }
     chain_log_det_end<R>(lds, dim, ld);
@@ -1338,11 +1358,8 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
         const T* in = stack + (k + 1) * stride;
         T* t = act + 2 * (index_t)k * BLOCK_ROWS;
         if (kinds[k] == KIND_RADIAL) {
-            if (quadratic && lds.product) {
-                radial_inverse_block<true, BLOCK_ROWS, true>(wk, dim, in, stack + k * stride,
-                                                             ld, tmp, lds.weighted, lds.ones);
-            } else if (quadratic) {
-                radial_inverse_block<true, BLOCK_ROWS>(wk, dim, in, stack + k * stride, ld, tmp);
+            if (quadratic) {
+                radial_inverse_chain<BLOCK_ROWS>(lds, wk, dim, in, stack + k * stride, ld, tmp);
             } else {
                 radial_inverse_block<false, BLOCK_ROWS>(wk, dim, in, stack + k * stride,
                                                         (T*)0, tmp);
@@ -1362,11 +1379,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
         }
         block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, y);
         planar_solve_block<BLOCK_ROWS>(wk, dim, y, t, t + BLOCK_ROWS, tmp);
-        if (quadratic && lds.product) {
-            planar_logdet_block<BLOCK_ROWS, true>(wk, dim, t, t + BLOCK_ROWS, ld, y, lds.ones);
-        } else if (quadratic) {
-            planar_logdet_block<BLOCK_ROWS, false>(wk, dim, t, t + BLOCK_ROWS, ld, y, lds.ones);
-        }
+        if (quadratic) planar_logdet_chain<BLOCK_ROWS>(lds, wk, dim, t, t + BLOCK_ROWS, ld, y);
         planar_update_block<BLOCK_ROWS, true>(wk, dim, in, stack + k * stride, t);
     }
     if (quadratic) {
@@ -1513,12 +1526,8 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
         if (kinds[k] == KIND_PLANAR) {
             if (!have_s) block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, t);
             planar_act_block(t, t, t + BLOCK_ROWS);
-            if (quadratic && lds.product) {
-                planar_logdet_block<BLOCK_ROWS, true>(wk, dim, t, t + BLOCK_ROWS, ld, tmp,
-                                                      lds.ones);
-            } else if (quadratic) {
-                planar_logdet_block<BLOCK_ROWS, false>(wk, dim, t, t + BLOCK_ROWS, ld, tmp,
-                                                       lds.ones);
+            if (quadratic) {
+                planar_logdet_chain<BLOCK_ROWS>(lds, wk, dim, t, t + BLOCK_ROWS, ld, tmp);
             }
         }
         have_s = false;
@@ -1533,11 +1542,8 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                                                         t + 2 * BLOCK_ROWS);
                 break;
             case KIND_RADIAL:
-                if (quadratic && lds.product) {
-                    radial_forward_block<true, BLOCK_ROWS, true>(wk, dim, in, out, ld, tmp,
-                                                                 lds.weighted, lds.ones);
-                } else if (quadratic) {
-                    radial_forward_block<true, BLOCK_ROWS>(wk, dim, in, out, ld, tmp);
+                if (quadratic) {
+                    radial_forward_chain<BLOCK_ROWS>(lds, wk, dim, in, out, ld, tmp);
                 } else {
                     radial_forward_block<false, BLOCK_ROWS>(wk, dim, in, out, (T*)0, tmp);
                 }
