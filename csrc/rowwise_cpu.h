@@ -697,25 +697,6 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
     for (index_t r = 0; r < nrows; ++r) log_det[r] = ld[r];
 }
 
-/* A short block (a small batch, or a batch's last rows) sweeps only the
- * rows it has, rounded up to a compile-time count. */
-template <typename T>
-PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
-                                            const long long* work_offsets, int K, int dim,
-                                            index_t nrows, bool prefetch, const T* z, T* x,
-                                            T* log_det, T* scratch) {
-    if (nrows <= BLOCK_ROWS / 4) {
-        chain_forward_block_rows<BLOCK_ROWS / 4>(kinds, work, work_offsets, K, dim, nrows, false,
-                                                 z, x, log_det, scratch);
-    } else if (nrows <= BLOCK_ROWS / 2) {
-        chain_forward_block_rows<BLOCK_ROWS / 2>(kinds, work, work_offsets, K, dim, nrows, false,
-                                                 z, x, log_det, scratch);
-    } else {
-        chain_forward_block_rows<BLOCK_ROWS>(kinds, work, work_offsets, K, dim, nrows, prefetch,
-                                             z, x, log_det, scratch);
-    }
-}
-
 /* Per-lane parameter sums across blocks.  A planar layer's VJP sums 2 dim
  * products over the rows of every block (a radial layer's, dim); folding
  * each sum's LANES partial sums to one number per block (lane_sum) took ~20%
@@ -1078,21 +1059,55 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
     for (index_t r = 0; r < nrows; ++r) log_det[r] = -ld[r];
 }
 
+template <bool INVERSE, int R, typename T>
+PFC_VM_INLINE void chain_map_block_rows(const int* kinds, const T* work,
+                                        const long long* work_offsets, int K, int dim,
+                                        index_t nrows, bool prefetch, const T* v, T* out,
+                                        T* log_det, T* scratch) {
+    if constexpr (INVERSE) {
+        chain_inverse_block_rows<R>(kinds, work, work_offsets, K, dim, nrows, v, out, log_det,
+                                    scratch);
+    } else {
+        chain_forward_block_rows<R>(kinds, work, work_offsets, K, dim, nrows, prefetch, v, out,
+                                    log_det, scratch);
+    }
+}
+
+/* The forward or inverse of one block.  A short block (a small batch, or a
+ * batch's last rows) sweeps only the rows it has, rounded up to a
+ * compile-time count, and prefetches nothing. */
+template <bool INVERSE, typename T>
+PFC_VM_INLINE void chain_map_block(const int* kinds, const T* work,
+                                   const long long* work_offsets, int K, int dim, index_t nrows,
+                                   bool prefetch, const T* v, T* out, T* log_det, T* scratch) {
+    if (nrows <= BLOCK_ROWS / 4) {
+        chain_map_block_rows<INVERSE, BLOCK_ROWS / 4>(kinds, work, work_offsets, K, dim, nrows,
+                                                      false, v, out, log_det, scratch);
+    } else if (nrows <= BLOCK_ROWS / 2) {
+        chain_map_block_rows<INVERSE, BLOCK_ROWS / 2>(kinds, work, work_offsets, K, dim, nrows,
+                                                      false, v, out, log_det, scratch);
+    } else {
+        chain_map_block_rows<INVERSE, BLOCK_ROWS>(kinds, work, work_offsets, K, dim, nrows,
+                                                  prefetch, v, out, log_det, scratch);
+    }
+}
+
+template <typename T>
+PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
+                                            const long long* work_offsets, int K, int dim,
+                                            index_t nrows, bool prefetch, const T* z, T* x,
+                                            T* log_det, T* scratch) {
+    chain_map_block<false>(kinds, work, work_offsets, K, dim, nrows, prefetch, z, x, log_det,
+                           scratch);
+}
+
 template <typename T>
 PFC_VM_INLINE void chain_inverse_block_impl(const int* kinds, const T* work,
                                             const long long* work_offsets, int K, int dim,
                                             index_t nrows, const T* x, T* z, T* log_det,
                                             T* scratch) {
-    if (nrows <= BLOCK_ROWS / 4) {
-        chain_inverse_block_rows<BLOCK_ROWS / 4>(kinds, work, work_offsets, K, dim, nrows, x, z,
-                                                 log_det, scratch);
-    } else if (nrows <= BLOCK_ROWS / 2) {
-        chain_inverse_block_rows<BLOCK_ROWS / 2>(kinds, work, work_offsets, K, dim, nrows, x, z,
-                                                 log_det, scratch);
-    } else {
-        chain_inverse_block_rows<BLOCK_ROWS>(kinds, work, work_offsets, K, dim, nrows, x, z,
-                                             log_det, scratch);
-    }
+    chain_map_block<true>(kinds, work, work_offsets, K, dim, nrows, false, x, z, log_det,
+                          scratch);
 }
 
 /* The inverse VJP of a scale (z = x / a) or shift (z = x - b) layer for a
