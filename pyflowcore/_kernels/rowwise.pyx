@@ -469,14 +469,11 @@ cdef class RowwiseRun:
                       floating[:, ::1] grad_in, floating[::1] grad_params):
         """The VJP of sum_r (sq_weight/2 |y_r|^2 + log_det_weight ld_r), (y, ld)
         the map (or its inverse) at v, with the cotangents formed in the
-        block kernels from the output they recompute; returns the float64
-        sums (sum_r |y_r|^2, sum_r ld_r).  The inverse needs at least
-        SMALL_BATCH rows (the block path); returns None below that."""
+        block kernels (or, for an inverse below SMALL_BATCH rows, the row
+        functions) from the output they recompute; returns the float64 sums
+        (sum_r |y_r|^2, sum_r ld_r)."""
         cdef Py_ssize_t nc = num_chunks(v.shape[0]), c
-        cdef double[:, ::1] sums
-        if inverse_map and v.shape[0] < SMALL_BATCH:
-            return None
-        sums = np.zeros((nc, 2))
+        cdef double[:, ::1] sums = np.zeros((nc, 2))
         self._vjp(inverse_map, params, v, NULL, NULL, <floating>sq_weight,
                   <floating>log_det_weight, &sums[0, 0], grad_in, grad_params)
         for c in range(1, nc):
@@ -496,7 +493,8 @@ cdef class RowwiseRun:
         cdef floating* stack = NULL   # per thread: the layer inputs of a block or a row
         cdef floating* g
         cdef floating* acc
-        cdef floating gld
+        cdef floating gld, ld
+        cdef double sq
         cdef const floating* go
         cdef const floating* gl
         cdef double* sc
@@ -559,15 +557,28 @@ cdef class RowwiseRun:
                         acc = partial + c * acc_size
                         for i in range(chunk_start(n, c, nc), chunk_start(n, c + 1, nc)):
                             g = &grad_in[i, 0]
-                            gld = grad_log_det[i]
-                            memcpy(g, grad_out + i * dim, dim * sizeof(floating))
                             memcpy(stack, &v[i, 0], dim * sizeof(floating))
                             # The inverse runs layer K-1 first: stack[j] = input of the
                             # inverse of layer K-1-j; VJPs then go from layer 0 up.
+                            ld = 0
                             for j in range(K - 1):
-                                layer_inverse_row(self.kinds[K - 1 - j],
-                                                  work + self.work_offsets[K - 1 - j], dim,
-                                                  stack + j * dim, stack + (j + 1) * dim)
+                                ld = ld + layer_inverse_row(
+                                    self.kinds[K - 1 - j], work + self.work_offsets[K - 1 - j],
+                                    dim, stack + j * dim, stack + (j + 1) * dim)
+                            if grad_out == NULL:
+                                # The quadratic loss: z (the last inverse) into g, then a z.
+                                ld = ld + layer_inverse_row(self.kinds[0], work, dim,
+                                                            stack + (K - 1) * dim, g)
+                                sq = 0
+                                for j in range(dim):
+                                    sq = sq + <double>g[j] * g[j]
+                                    g[j] = a * g[j]
+                                sums[2 * c] += sq
+                                sums[2 * c + 1] += ld
+                                gld = b
+                            else:
+                                memcpy(g, grad_out + i * dim, dim * sizeof(floating))
+                                gld = grad_log_det[i]
                             for k in range(K):
                                 layer_inverse_backward_row(self.kinds[k], work + self.work_offsets[k],
                                                            dim, stack + (K - 1 - k) * dim, g, gld, g,

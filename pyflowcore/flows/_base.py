@@ -339,8 +339,8 @@ class Flow:
 
 def quadratic_vjp(kernels, inverse, v, sq_weight, log_det_weight, grad_v, grad_params):
     """``Flow.quadratic_loss_and_grad`` on the kernel interface: the fused
-    ``kernels._quadratic_vjp`` where there is one (it may decline a batch by
-    returning None), else the map and then its VJP.
+    ``kernels._quadratic_vjp`` where there is one, else the map and then its
+    VJP.
 
     Returns
     -------
@@ -348,9 +348,7 @@ def quadratic_vjp(kernels, inverse, v, sq_weight, log_det_weight, grad_v, grad_p
     """
     fused = getattr(kernels, "_quadratic_vjp", None)
     if fused is not None:
-        sums = fused(inverse, v, sq_weight, log_det_weight, grad_v, grad_params)
-        if sums is not None:
-            return sums
+        return fused(inverse, v, sq_weight, log_det_weight, grad_v, grad_params)
     xp = np if isinstance(v, np.ndarray) else array_module("cuda")
     y, ld = xp.empty_like(v), xp.empty(v.shape[0], v.dtype)
     (kernels._inverse if inverse else kernels._forward)(v, y, ld)

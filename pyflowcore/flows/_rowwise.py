@@ -52,8 +52,7 @@ class RunKernels:
         self.inverse_backward(self.params, x, grad_z, grad_log_det, grad_x, grad_params)
 
     def _quadratic_vjp(self, inverse, v, sq_weight, log_det_weight, grad_in, grad_params):
-        """The fused kernel of Flow.quadratic_loss_and_grad; None where the
-        run has none for this batch (an inverse of fewer than 32 rows)."""
+        """The fused kernel of Flow.quadratic_loss_and_grad."""
         return self.quadratic_vjp(inverse, self.params, v, sq_weight, log_det_weight, grad_in,
                                   grad_params)
 

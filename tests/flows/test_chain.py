@@ -331,8 +331,8 @@ QUADRATIC_RUNS = {
 @pytest.mark.parametrize("run", sorted(QUADRATIC_RUNS))
 def test_fused_quadratic_loss_is_the_map_then_its_vjp(run, dtype, n, inverse):
     # One fused run: the block VJP forms the cotangents a y, b and the
-    # log-determinant sums itself (from 32 rows on in the inverse; below,
-    # the map and its VJP), over short and padded blocks and two chunks.
+    # log-determinant sums itself (below 32 rows, the inverse's row VJP
+    # does), over short and padded blocks and two chunks.
     chain = pf.Chain(QUADRATIC_RUNS[run](dtype))
     assert len(chain._units.units) == 1
     dim = chain.dim
