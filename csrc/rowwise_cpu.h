@@ -539,29 +539,52 @@ PFC_VM_INLINE T radial_log_det_row(T s, T beta, T inv, T u, T v, T gr, T dim_min
     return select_(multi, dim_minus_1 * l1, T(0)) + l2;
 }
 
-/* Radial: per row the factor g (and with LD the log-determinant, added to
- * log_det), then x = z0 + g (z - z0).  Rows whose squared distance under-
- * or overflows, or whose log arguments leave vm::log_sum_normal's range
- * (degenerate parameters, NaN rows), are left to the row function, after
- * the sweep. */
-template <bool LD, int R, bool PROD = false, typename T>
-PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* xt, T* log_det,
-                                        T* scratch, LogProduct<T> prod_g = LogProduct<T>(),
-                                        LogProduct<T> prod_g2 = LogProduct<T>()) {
+/* The non-negative root r of r^2 + (s - rho) r - alpha rho = 0 for rho > 0
+ * (radial_solve_r without branches; sqrt_alpha = sqrt(alpha)). */
+template <typename T>
+PFC_VM_INLINE T radial_root_row(T sqrt_alpha, T s, T rho) {
+    using vm::detail::select_;
+    const T b = s - rho;
+    const T tq = T(2) * sqrt_alpha * pfc::sqrt(rho);
+    const T ab = vm::detail::fabs_(b);
+    const T hi = select_(ab > tq, ab, tq), lo = select_(ab > tq, tq, ab);
+    const T ratio = lo / hi;
+    const T disc = hi * pfc::sqrt(T(1) + ratio * ratio);
+    const T den = T(0.5) * b + T(0.5) * disc;
+    return select_(b <= T(0), T(0.5) * disc - T(0.5) * b, (T(0.25) * tq) * (tq / den));
+}
+
+/* A radial layer on a block (radial_forward_row, or with INVERSE
+ * radial_inverse_row), `in` to `out` (which may be `in`): per row the
+ * distance to z0 -- r = |z - z0|, or for the inverse r the root of
+ * r^2 + (s - rho) r - alpha rho = 0 with rho = |x - z0| (radial_solve_r
+ * without branches) -- the factor g = 1 + beta h at r and, with LD, the
+ * forward log-determinant at r added to log_det (or, with PROD, its factors
+ * multiplied into prod_g, prod_g2); then x = z0 + g (z - z0), resp.
+ * z = z0 + (x - z0) / g.  Rows whose squared distance under- or overflows,
+ * or whose log arguments leave vm::log_sum_normal's range (degenerate
+ * parameters, NaN rows, an inverse at x = z0), keep their input through the
+ * sweep and take the row function after it. */
+template <bool INVERSE, bool LD, int R, bool PROD = false, typename T>
+PFC_VM_INLINE void radial_map_block(const T* work, int dim, const T* in, T* out, T* log_det,
+                                    T* scratch, LogProduct<T> prod_g = LogProduct<T>(),
+                                    LogProduct<T> prod_g2 = LogProduct<T>()) {
+    using vm::detail::select_;
     const T alpha = work[0], s = work[1], beta = work[2];
     const T* z0 = work + 3;
     T* dist2 = scratch;
-    T* g = scratch + BLOCK_ROWS;
+    T* f = scratch + BLOCK_ROWS;       /* g, or 1 / g for the inverse */
     T* ldk = scratch + 2 * BLOCK_ROWS;
     T* row = scratch + 3 * BLOCK_ROWS;
-    block_dist2<R>(z0, dim, zt, dist2);
+    block_dist2<R>(z0, dim, in, dist2);
     const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
     const T dim_minus_1 = T(dim - 1);
+    const T sqrt_alpha = INVERSE ? pfc::sqrt(alpha) : T(0);
     int nbad = 0;
     PFC_SIMD_REDUCE(+ : nbad)
     for (int r = 0; r < R; ++r) {
         const T ss = dist2[r];
-        const T rr = pfc::sqrt(ss);
+        const T rr = INVERSE ? radial_root_row(sqrt_alpha, s, pfc::sqrt(ss)) : pfc::sqrt(ss);
         const T inv = T(1) / (alpha + rr);
         const T u = rr * inv, v = alpha * inv;
         const T gr = s * inv + u;                   /* 1 + beta h */
@@ -570,35 +593,35 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
             ldk[r] = radial_log_det_row<PROD>(s, beta, inv, u, v, gr, dim_minus_1, bad, r,
                                               prod_g, prod_g2);
         }
-        g[r] = gr;
+        f[r] = INVERSE ? T(1) / gr : gr;
         nbad += bad;
-        dist2[r] = vm::detail::select_(bad, T(1), T(0));
+        dist2[r] = select_(bad, T(1), T(0));
     }
     if (nbad == 0) {
         for (int i = 0; i < dim; ++i) {
             const T z0i = z0[i];
-            const T* zi = zt + (index_t)i * BLOCK_ROWS;
-            T* xi = xt + (index_t)i * BLOCK_ROWS;
+            const T* vi = in + (index_t)i * BLOCK_ROWS;
+            T* oi = out + (index_t)i * BLOCK_ROWS;
             PFC_VM_PRAGMA_SIMD
-            for (int r = 0; r < R; ++r) xi[r] = z0i + g[r] * (zi[r] - z0i);
+            for (int r = 0; r < R; ++r) oi[r] = z0i + f[r] * (vi[r] - z0i);
         }
     } else {
-        /* The flagged rows keep their input through the sweep (xt may be
-         * zt), then take the row function. */
         for (int i = 0; i < dim; ++i) {
             const T z0i = z0[i];
-            const T* zi = zt + (index_t)i * BLOCK_ROWS;
-            T* xi = xt + (index_t)i * BLOCK_ROWS;
+            const T* vi = in + (index_t)i * BLOCK_ROWS;
+            T* oi = out + (index_t)i * BLOCK_ROWS;
             PFC_VM_PRAGMA_SIMD
             for (int r = 0; r < R; ++r) {
-                xi[r] = vm::detail::select_(dist2[r] != T(0), zi[r], z0i + g[r] * (zi[r] - z0i));
+                oi[r] = select_(dist2[r] != T(0), vi[r], z0i + f[r] * (vi[r] - z0i));
             }
         }
         for (int r = 0; r < R; ++r) {
             if (dist2[r] == T(0)) continue;
-            for (int i = 0; i < dim; ++i) row[i] = PFC_XT(xt, i, r);
-            ldk[r] = radial_forward_row(work, dim, row, row);
-            for (int i = 0; i < dim; ++i) PFC_XT(xt, i, r) = row[i];
+            for (int i = 0; i < dim; ++i) row[i] = PFC_XT(out, i, r);
+            /* radial_inverse_row returns log_det_inv, minus the forward's */
+            ldk[r] = INVERSE ? -radial_inverse_row(work, dim, row, row)
+                             : radial_forward_row(work, dim, row, row);
+            for (int i = 0; i < dim; ++i) PFC_XT(out, i, r) = row[i];
         }
     }
     if (LD) {
@@ -606,16 +629,16 @@ PFC_VM_INLINE void radial_forward_block(const T* work, int dim, const T* zt, T* 
     }
 }
 
-/* radial_forward_block with the log-determinant going to a chain's ld, or
- * into its products when it keeps them (ChainLogDet). */
-template <int R, typename T>
-PFC_VM_INLINE void radial_forward_chain(const ChainLogDet<T>& lds, const T* work, int dim,
-                                        const T* zt, T* xt, T* ld, T* scratch) {
+/* radial_map_block with the log-determinant going to a chain's ld, or into
+ * its products when it keeps them (ChainLogDet). */
+template <bool INVERSE, int R, typename T>
+PFC_VM_INLINE void radial_map_chain(const ChainLogDet<T>& lds, const T* work, int dim,
+                                    const T* in, T* out, T* ld, T* scratch) {
     if (lds.product) {
-        radial_forward_block<true, R, true>(work, dim, zt, xt, ld, scratch, lds.weighted,
-                                            lds.ones);
+        radial_map_block<INVERSE, true, R, true>(work, dim, in, out, ld, scratch, lds.weighted,
+                                                 lds.ones);
     } else {
-        radial_forward_block<true, R>(work, dim, zt, xt, ld, scratch);
+        radial_map_block<INVERSE, true, R>(work, dim, in, out, ld, scratch);
     }
 }
 
@@ -686,7 +709,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                 have_s = planar_update_next<R>(wk, dim, xt, xt, t, k + 1 < K ? kinds[k + 1] : -1,
                                             work + work_offsets[k + 1], s);
                 break;
-            case KIND_RADIAL: radial_forward_chain<R>(lds, wk, dim, xt, xt, ld, rest); break;
+            case KIND_RADIAL: radial_map_chain<false, R>(lds, wk, dim, xt, xt, ld, rest); break;
             case KIND_SCALE: scale_forward_block<R>(wk, dim, xt, xt, ld); break;
             default: shift_forward_block<R>(wk, dim, xt, xt);
         }
@@ -928,95 +951,6 @@ PFC_VM_INLINE void shift_inverse_block(const T* work, int dim, const T* xt, T* z
     }
 }
 
-/* The non-negative root r of r^2 + (s - rho) r - alpha rho = 0 for rho > 0
- * (radial_solve_r without branches; sqrt_alpha = sqrt(alpha)). */
-template <typename T>
-PFC_VM_INLINE T radial_root_row(T sqrt_alpha, T s, T rho) {
-    using vm::detail::select_;
-    const T b = s - rho;
-    const T tq = T(2) * sqrt_alpha * pfc::sqrt(rho);
-    const T ab = vm::detail::fabs_(b);
-    const T hi = select_(ab > tq, ab, tq), lo = select_(ab > tq, tq, ab);
-    const T ratio = lo / hi;
-    const T disc = hi * pfc::sqrt(T(1) + ratio * ratio);
-    const T den = T(0.5) * b + T(0.5) * disc;
-    return select_(b <= T(0), T(0.5) * disc - T(0.5) * b, (T(0.25) * tq) * (tq / den));
-}
-
-/* The inverse of a radial layer for a block (radial_inverse_row): rho =
- * |x - z0|, r the root of r^2 + (s - rho) r - alpha rho = 0
- * (radial_solve_r, without branches), the factors at r as in the forward,
- * z = z0 + (x - z0) / g; with LD the forward log-determinant is added to
- * log_det (or, with PROD, its factors multiplied into prod_g, prod_g2).
- * Rows whose squared distance under- or overflows, with x = z0, or (LD)
- * whose factors leave vm::log_sum_normal's range take radial_inverse_row
- * (which returns the negated log-determinant). */
-template <bool LD, int R, bool PROD = false, typename T>
-PFC_VM_INLINE void radial_inverse_block(const T* work, int dim, const T* xt, T* zt, T* log_det,
-                                        T* scratch, LogProduct<T> prod_g = LogProduct<T>(),
-                                        LogProduct<T> prod_g2 = LogProduct<T>()) {
-    using vm::detail::select_;
-    const T alpha = work[0], s = work[1], beta = work[2];
-    const T* z0 = work + 3;
-    T* dist2 = scratch;
-    T* m = scratch + BLOCK_ROWS;       /* 1 / g */
-    T* ldk = scratch + 2 * BLOCK_ROWS;
-    T* row = scratch + 3 * BLOCK_ROWS;
-    block_dist2<R>(z0, dim, xt, dist2);
-    const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
-    const T dim_minus_1 = T(dim - 1);
-    const T sqrt_alpha = pfc::sqrt(alpha);
-    int nbad = 0;
-    PFC_SIMD_REDUCE(+ : nbad)
-    for (int r = 0; r < R; ++r) {
-        const T ss = dist2[r];
-        const T rr = radial_root_row(sqrt_alpha, s, pfc::sqrt(ss));
-        const T inv = T(1) / (alpha + rr);
-        const T u = rr * inv, v = alpha * inv;
-        const T gr = s * inv + u;
-        bool bad = (ss < tiny) | (ss > huge);
-        if (LD) {
-            ldk[r] = radial_log_det_row<PROD>(s, beta, inv, u, v, gr, dim_minus_1, bad, r,
-                                              prod_g, prod_g2);
-        }
-        m[r] = T(1) / gr;
-        nbad += bad;
-        dist2[r] = select_(bad, T(1), T(0));
-    }
-    for (int i = 0; i < dim; ++i) {
-        const T z0i = z0[i];
-        const T* xi = xt + (index_t)i * BLOCK_ROWS;
-        T* zi = zt + (index_t)i * BLOCK_ROWS;
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < R; ++r) {
-            zi[r] = select_(dist2[r] != T(0), xi[r], z0i + m[r] * (xi[r] - z0i));
-        }
-    }
-    if (nbad != 0) {
-        for (int r = 0; r < R; ++r) {
-            if (dist2[r] == T(0)) continue;
-            for (int i = 0; i < dim; ++i) row[i] = PFC_XT(zt, i, r);
-            ldk[r] = -radial_inverse_row(work, dim, row, row);
-            for (int i = 0; i < dim; ++i) PFC_XT(zt, i, r) = row[i];
-        }
-    }
-    if (LD) {
-        for (int r = 0; r < R; ++r) log_det[r] += ldk[r];
-    }
-}
-
-/* radial_inverse_block into a chain's ld or its products (ChainLogDet). */
-template <int R, typename T>
-PFC_VM_INLINE void radial_inverse_chain(const ChainLogDet<T>& lds, const T* work, int dim,
-                                        const T* xt, T* zt, T* ld, T* scratch) {
-    if (lds.product) {
-        radial_inverse_block<true, R, true>(work, dim, xt, zt, ld, scratch, lds.weighted,
-                                            lds.ones);
-    } else {
-        radial_inverse_block<true, R>(work, dim, xt, zt, ld, scratch);
-    }
-}
-
 /* One block of rows of a chain through the inverses of layers K-1 .. 0:
  * z = f^{-1}(x) for rows [0, nrows), log_det = log|det df^{-1}/dx| = minus
  * the forward log-determinants at the points found.  Scratch as
@@ -1037,7 +971,7 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
         if (kinds[k] == KIND_RADIAL) {
-            radial_inverse_chain<R>(lds, wk, dim, xt, xt, ld, solve);
+            radial_map_chain<true, R>(lds, wk, dim, xt, xt, ld, solve);
             continue;
         }
         if (kinds[k] == KIND_SCALE) {
@@ -1193,7 +1127,7 @@ PFC_VM_INLINE void radial_vjp_flagged_rows(int dim, const T* vt, T* gt, const T*
 
 /* The inverse VJP of a radial layer for a block (radial_inverse_backward_row),
  * xt = the layer's input x: the root r, the factors and m = 1/g recomputed
- * as in radial_inverse_block, P = g_z.(x - z0), then with
+ * as in radial_map_block<true>, P = g_z.(x - z0), then with
  * a1 = -(m P + (dim-1) gld), a2 = -gld:
  *   l_r = -beta h (a1/(s+r) + 2 a2 alpha h^2/g2), rho_bar = l_r / g2,
  *   g_x = m g_z + (rho_bar / rho) (x - z0),   dL/dz0 += g_z - g_x,
@@ -1374,9 +1308,9 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
         T* t = act + 2 * (index_t)k * BLOCK_ROWS;
         if (kinds[k] == KIND_RADIAL) {
             if (quadratic) {
-                radial_inverse_chain<BLOCK_ROWS>(lds, wk, dim, in, stack + k * stride, ld, tmp);
+                radial_map_chain<true, BLOCK_ROWS>(lds, wk, dim, in, stack + k * stride, ld, tmp);
             } else {
-                radial_inverse_block<false, BLOCK_ROWS>(wk, dim, in, stack + k * stride,
+                radial_map_block<true, false, BLOCK_ROWS>(wk, dim, in, stack + k * stride,
                                                         (T*)0, tmp);
             }
             continue;
@@ -1558,9 +1492,9 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                 break;
             case KIND_RADIAL:
                 if (quadratic) {
-                    radial_forward_chain<BLOCK_ROWS>(lds, wk, dim, in, out, ld, tmp);
+                    radial_map_chain<false, BLOCK_ROWS>(lds, wk, dim, in, out, ld, tmp);
                 } else {
-                    radial_forward_block<false, BLOCK_ROWS>(wk, dim, in, out, (T*)0, tmp);
+                    radial_map_block<false, false, BLOCK_ROWS>(wk, dim, in, out, (T*)0, tmp);
                 }
                 break;
             case KIND_SCALE: scale_forward_block<BLOCK_ROWS>(wk, dim, in, out, ldk); break;
