@@ -642,28 +642,28 @@ PFC_VM_INLINE void radial_map_chain(const ChainLogDet<T>& lds, const T* work, in
     }
 }
 
-template <int R, typename T>
-PFC_VM_INLINE void scale_forward_block(const T* work, int dim, const T* zt, T* xt, T* log_det) {
+/* A scale (x = a z) or shift (x = z + b) layer on a block, or with INVERSE
+ * its inverse (z = x / a -- the row function divides too -- resp. x - b).
+ * log_det (if not NULL) gets a scale layer's forward log-determinant,
+ * work[dim] = sum log|a_i|, in either direction. */
+template <bool INVERSE, int R, typename T>
+PFC_VM_INLINE void elementwise_map_block(int kind, const T* work, int dim, const T* in, T* out,
+                                         T* log_det) {
+    const bool scale = kind == KIND_SCALE;
     for (int i = 0; i < dim; ++i) {
-        const T ai = work[i];
-        const T* zi = zt + (index_t)i * BLOCK_ROWS;
-        T* xi = xt + (index_t)i * BLOCK_ROWS;
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < R; ++r) xi[r] = zi[r] * ai;
+        const T p = work[i];
+        const T* vi = in + (index_t)i * BLOCK_ROWS;
+        T* oi = out + (index_t)i * BLOCK_ROWS;
+        if (scale) {
+            PFC_VM_PRAGMA_SIMD
+            for (int r = 0; r < R; ++r) oi[r] = INVERSE ? vi[r] / p : vi[r] * p;
+        } else {
+            PFC_VM_PRAGMA_SIMD
+            for (int r = 0; r < R; ++r) oi[r] = INVERSE ? vi[r] - p : vi[r] + p;
+        }
     }
-    if (log_det) {
+    if (scale && log_det) {
         for (int r = 0; r < R; ++r) log_det[r] += work[dim];
-    }
-}
-
-template <int R, typename T>
-PFC_VM_INLINE void shift_forward_block(const T* work, int dim, const T* zt, T* xt) {
-    for (int i = 0; i < dim; ++i) {
-        const T bi = work[i];
-        const T* zi = zt + (index_t)i * BLOCK_ROWS;
-        T* xi = xt + (index_t)i * BLOCK_ROWS;
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < R; ++r) xi[r] = zi[r] + bi;
     }
 }
 
@@ -710,8 +710,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                                             work + work_offsets[k + 1], s);
                 break;
             case KIND_RADIAL: radial_map_chain<false, R>(lds, wk, dim, xt, xt, ld, rest); break;
-            case KIND_SCALE: scale_forward_block<R>(wk, dim, xt, xt, ld); break;
-            default: shift_forward_block<R>(wk, dim, xt, xt);
+            default: elementwise_map_block<false, R>(kinds[k], wk, dim, xt, xt, ld);
         }
         if (kinds[k] != KIND_PLANAR) have_s = false;
     }
@@ -927,30 +926,6 @@ PFC_VM_INLINE void planar_logdet_chain(const ChainLogDet<T>& lds, const T* work,
     }
 }
 
-/* Inverses of the elementwise layers on a block: x / a (the row function
- * divides too) and x - b. */
-template <int R, typename T>
-PFC_VM_INLINE void scale_inverse_block(const T* work, int dim, const T* xt, T* zt) {
-    for (int i = 0; i < dim; ++i) {
-        const T ai = work[i];
-        const T* xi = xt + (index_t)i * BLOCK_ROWS;
-        T* zi = zt + (index_t)i * BLOCK_ROWS;
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < R; ++r) zi[r] = xi[r] / ai;
-    }
-}
-
-template <int R, typename T>
-PFC_VM_INLINE void shift_inverse_block(const T* work, int dim, const T* xt, T* zt) {
-    for (int i = 0; i < dim; ++i) {
-        const T bi = work[i];
-        const T* xi = xt + (index_t)i * BLOCK_ROWS;
-        T* zi = zt + (index_t)i * BLOCK_ROWS;
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < R; ++r) zi[r] = xi[r] - bi;
-    }
-}
-
 /* One block of rows of a chain through the inverses of layers K-1 .. 0:
  * z = f^{-1}(x) for rows [0, nrows), log_det = log|det df^{-1}/dx| = minus
  * the forward log-determinants at the points found.  Scratch as
@@ -974,13 +949,8 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
             radial_map_chain<true, R>(lds, wk, dim, xt, xt, ld, solve);
             continue;
         }
-        if (kinds[k] == KIND_SCALE) {
-            scale_inverse_block<R>(wk, dim, xt, xt);
-            for (int r = 0; r < R; ++r) ld[r] += wk[dim];
-            continue;
-        }
-        if (kinds[k] == KIND_SHIFT) {
-            shift_inverse_block<R>(wk, dim, xt, xt);
+        if (kinds[k] != KIND_PLANAR) {
+            elementwise_map_block<true, R>(kinds[k], wk, dim, xt, xt, ld);
             continue;
         }
         block_dot<R>(wk + dim, wk[2 * dim], dim, xt, y);
@@ -1315,15 +1285,9 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
             }
             continue;
         }
-        if (kinds[k] == KIND_SCALE) {
-            scale_inverse_block<BLOCK_ROWS>(wk, dim, in, stack + k * stride);
-            if (quadratic) {
-                for (int r = 0; r < BLOCK_ROWS; ++r) ld[r] += wk[dim];
-            }
-            continue;
-        }
-        if (kinds[k] == KIND_SHIFT) {
-            shift_inverse_block<BLOCK_ROWS>(wk, dim, in, stack + k * stride);
+        if (kinds[k] != KIND_PLANAR) {
+            elementwise_map_block<true, BLOCK_ROWS>(kinds[k], wk, dim, in, stack + k * stride,
+                                                    quadratic ? ld : (T*)0);
             continue;
         }
         block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, y);
@@ -1497,8 +1461,7 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                     radial_map_block<false, false, BLOCK_ROWS>(wk, dim, in, out, (T*)0, tmp);
                 }
                 break;
-            case KIND_SCALE: scale_forward_block<BLOCK_ROWS>(wk, dim, in, out, ldk); break;
-            default: shift_forward_block<BLOCK_ROWS>(wk, dim, in, out);
+            default: elementwise_map_block<false, BLOCK_ROWS>(kinds[k], wk, dim, in, out, ldk);
         }
     }
     if (quadratic) {
