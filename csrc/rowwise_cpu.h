@@ -755,7 +755,7 @@ inline void chain_vjp_lanes_flush(const int* kinds, int K, int dim,
  * dL/ds per row, g <- g + coef w, and the parameter sums
  *   dL/duhat_i += sign (sum_r t g_i + g_c w_i),
  *   dL/dw_i    += sum_r coef z_i + sign g_c uhat_i,
- * the sums over rows per lane into `lanes` (planar_vjp_lanes), the rest
+ * the sums over rows per lane into `lanes` (layer_vjp_lanes), the rest
  * into acc[i], acc[dim + i]; g_i taken before the update (forward VJP, sign
  * +1) or after it (inverse VJP, sign -1, coef = -d). */
 template <bool AFTER, typename T>
