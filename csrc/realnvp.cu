@@ -69,8 +69,8 @@ __global__ void realnvp_coupling(int inverse, const int* changed, int c, T* st, 
     for (index_t r = realnvp_gid(); r < rows; r += realnvp_gstride()) {
         T* s = st + r * c;
         const T* t = st + rows * c + r * c;
-        const T ld = inverse ? realnvp_coupling_inverse_row(changed, c, s, t, bias_s, bias_t, x + r * D)
-                             : realnvp_coupling_forward_row(changed, c, s, t, bias_s, bias_t, x + r * D);
+        const T ld =
+            realnvp_coupling_row(inverse != 0, changed, c, s, t, bias_s, bias_t, x + r * D);
         log_det[r] = accumulate ? log_det[r] + ld : ld;
     }
 }

@@ -76,7 +76,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from pyflowcore._kernels._parallel cimport (
@@ -94,12 +94,11 @@ cdef extern from "realnvp_cpu.h" namespace "pfc::cpu" nogil:
                              T* sums)
     void realnvp_tanh_grad_sums[T](bint simd, T* d, const T* h, Py_ssize_t ld,
                                    Py_ssize_t rows, int n, T* sums)
+    void realnvp_coupling_block[T](bint inverse, const int* changed, int nc, Py_ssize_t rows,
+                                   T* s_raw, const T* t_raw, const T* bias_s, const T* bias_t,
+                                   T* x, Py_ssize_t ld, T* log_det)
 
 cdef extern from "realnvp.h" namespace "pfc" nogil:
-    T realnvp_coupling_forward_row[T](const int* changed, int nc, T* s_raw, const T* t_raw,
-                                      const T* bias_s, const T* bias_t, T* x)
-    T realnvp_coupling_inverse_row[T](const int* changed, int nc, T* s_raw, const T* t_raw,
-                                      const T* bias_s, const T* bias_t, T* z)
     void realnvp_coupling_backward_row[T](const int* changed, int nc, const T* e, const T* y,
                                           T grad_log_det, T* g, T* ds, T* dt)
     void realnvp_coupling_inverse_backward_row[T](const int* changed, int nc, const T* r,
@@ -427,7 +426,6 @@ def transform(bint inverse, const floating[::1] params, const floating[::1] work
     cdef floating* x = NULL
     cdef const int* ix
     cdef int rows, k, m, p, r
-    cdef floating ld
     cdef bint simd = _simd
     with nogil, parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
         buf = <floating*>scratch_alloc(scratch * sizeof(floating))
@@ -453,18 +451,10 @@ def transform(bint inverse, const floating[::1] params, const floating[::1] work
                 gather_rows(rows, D, p, ix, x, zp)
                 nets_forward(simd, g, rows, p, &work[m * g.work_slot], &params[0], m, zp, h,
                              s, t)
-                for r in range(rows):
-                    if inverse:
-                        ld = realnvp_coupling_inverse_row(
-                            ix + p, D - p, s + r * (D - p), t + r * (D - p),
-                            &work[m * g.work_slot + g.o_bo],
-                            &work[m * g.work_slot + g.o_bo + D], x + r * D)
-                    else:
-                        ld = realnvp_coupling_forward_row(
-                            ix + p, D - p, s + r * (D - p), t + r * (D - p),
-                            &work[m * g.work_slot + g.o_bo],
-                            &work[m * g.work_slot + g.o_bo + D], x + r * D)
-                    log_det[r0 + r] += ld
+                realnvp_coupling_block(inverse, ix + p, D - p, rows, s, t,
+                                       &work[m * g.work_slot + g.o_bo],
+                                       &work[m * g.work_slot + g.o_bo + D], x, D,
+                                       &log_det[r0])
         free(buf)
     if failed[0]:
         raise MemoryError("RealNVP: could not allocate the per-thread scratch buffer")
@@ -502,7 +492,6 @@ cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* p
     cdef floating* bias_sums = gl + B
     cdef bint quadratic = grad_out == NULL
     cdef double sum_sq = 0, sum_ld = 0
-    cdef floating ld
     cdef const floating* yin
     cdef floating* yout
     cdef const floating* w
@@ -518,15 +507,10 @@ cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* p
         gather_rows(B, D, p, ix, yin, zp)
         nets_forward(simd, g, B, p, w, params, m, zp, H + k * L * lay, E + k * bd, t)
         memcpy(yout, yin, bd * sizeof(floating))
-        for r in range(B):
-            if inverse:
-                ld = realnvp_coupling_inverse_row(ix + p, c, E + k * bd + r * c, t + r * c,
-                                                  w + g.o_bo, w + g.o_bo + D, yout + r * D)
-            else:
-                ld = realnvp_coupling_forward_row(ix + p, c, E + k * bd + r * c, t + r * c,
-                                                  w + g.o_bo, w + g.o_bo + D, yout + r * D)
-            if quadratic:
-                gl[r] = ld if k == 0 else gl[r] + ld
+        if k == 0:
+            memset(gl, 0, B * sizeof(floating))
+        realnvp_coupling_block(inverse, ix + p, c, B, E + k * bd, t, w + g.o_bo,
+                               w + g.o_bo + D, yout, D, gl)
     if quadratic:
         yout = Y + (M - 1) * bd
         for r in range(B):
