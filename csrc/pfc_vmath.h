@@ -35,7 +35,7 @@
  *               as ((1 - 2^k) - 2^k p) / ((1 + 2^k) + 2^k p) so that both the
  *               small-|x| cancellation and the e -> 0 end keep full precision
  *               (double; float takes an odd polynomial below |x| = 0.5625
- *               and 1 - 2 / (e^(2|x|) + 1) above, fewer operations).
+ *               and 1 - 2 / (e^(2|x|) + 1) above, with a plain exp).
  *   log, log1p: the fdlibm/musl scheme: u = 2^k m, m in [sqrt(2)/2, sqrt(2)),
  *     f = m - 1, s = f / (2 + f), log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2));
  *     log1p adds the rounding correction c / u of u = 1 + x.
@@ -423,9 +423,16 @@ PFC_VM_INLINE double tanh(double x) {
 /* float: two cheap branches instead of the split form above (float's 24
  * bits leave room for a polynomial): |x| < 0.5625 takes the odd polynomial
  * x + x^3 P(x^2) (P: weighted least-squares fit of degree 4, relative error
- * 1.4e-9 before rounding), beyond 1 - 2 / (e^(2|x|) + 1), whose result is
- * above 1/2, so the subtraction loses nothing.  Past |x| = 9.01 tanh rounds
- * to 1; clamping at 10 keeps e^(2|x|) finite. */
+ * 1.4e-9 before rounding), beyond 1 - 2 / (E + 1) with E = e^(2|x|) > 3.
+ * There E's relative error enters tanh damped (by 2E / (E + 1)^2 / tanh <=
+ * 3/4), so E is a plain exp: no split remainder or tail as in expm1, and
+ * the remainder is kept halved, h = |x| - k ln2 / 2, so that 2|x| is never
+ * formed (E = 2^k Q(h), Q: interpolation of e^(2h) at Chebyshev nodes,
+ * relative error 2.5e-9).  Max error 1.56 ulp over every float (measured
+ * exhaustively), at 80% of the cost of the expm1 form.  Past |x| = 9.01
+ * tanh rounds to 1; clamping |x| at 10 (as integers: positive floats order
+ * like their bits) keeps 2^k finite, and NaN, which compares false, takes
+ * the polynomial and stays NaN. */
 PFC_VM_INLINE float tanh(float x) {
     using namespace detail;
     const float x2 = x * x;
@@ -436,12 +443,21 @@ PFC_VM_INLINE float tanh(float x) {
     p = p * x2 - 3.3333312954e-01f;
     const float a = fabs_(x);
     const float near0 = a + (a * x2) * p;
-    const float ac = select_(a > 10.0f, 10.0f, a);   /* NaN stays NaN */
-    float k, r, h;
-    expm1_reduced(2.0f * ac, k, r, h);
-    const float e = pow2i(k) * (1.0f + (r + h));
+    const uint32_t ten = 0x41200000U;
+    const float ac = as_float(bits(a) < ten ? bits(a) : ten);
+    const float kshift = ac * (2.0f * INV_LN2_F) + SHIFT_F;
+    const float k = kshift - SHIFT_F;
+    const float h = (ac - k * (0.5f * LN2_HI_F)) - k * (0.5f * LN2_LO_F);
+    float q = 8.922314644e-02f;
+    q = q * h + 2.680042386e-01f;
+    q = q * h + 6.666616201e-01f;
+    q = q * h + 1.333313227e+00f;
+    q = q * h + 2.0f;
+    q = q * h + 2.0f;
+    q = q * h + 1.0f;
+    const float e = q * as_float((bits(kshift) + 127U) << 23);   /* 2^k Q(h) */
     const float far = 1.0f - 2.0f / (e + 1.0f);
-    return copysign_(select_(a < 0.5625f, near0, far), x);
+    return copysign_(select_(a >= 0.5625f, far, near0), x);
 }
 
 /* --------------------------------------------------- fused pairs
