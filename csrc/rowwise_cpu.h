@@ -720,13 +720,15 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
 }
 
 /* Per-lane parameter sums across blocks.  A planar layer's VJP sums 2 dim
- * products over the rows of every block (a radial layer's, dim); folding
- * each sum's LANES partial sums to one number per block (lane_sum) took ~20%
- * of the planar backward.  They are added, still per lane, to the layer's
- * slice of `lanes` (2 dim x LANES values, layer_vjp_lanes) instead, and
- * folded into the gradient accumulator once per chunk of rows
- * (chain_vjp_lanes_flush: planar dL/duhat, dL/dw at acc[0, 2 dim), radial
- * dL/dz0 at acc[2, 2 + dim)), which also zeroes them for the next chunk. */
+ * products over the rows of every block (a radial layer's dim, a scale
+ * layer's dim + 1, a shift layer's dim); folding each sum's LANES partial
+ * sums to one number per block (lane_sum) took ~20% of the planar backward.
+ * They are added, still per lane, to the layer's slice of `lanes`
+ * (2 dim x LANES values, layer_vjp_lanes) instead, and folded into the
+ * gradient accumulator once per chunk of rows (chain_vjp_lanes_flush:
+ * planar dL/duhat, dL/dw at acc[0, 2 dim), radial dL/dz0 at acc[2, 2 + dim),
+ * scale and shift at acc[0, dim + 1) resp. acc[0, dim)), which also zeroes
+ * them for the next chunk. */
 PFC_HOSTDEVICE PFC_INLINE long long chain_vjp_lanes_size(int K, int dim) {
     return (long long)K * 2 * dim * LANES;
 }
@@ -740,11 +742,10 @@ template <typename T>
 inline void chain_vjp_lanes_flush(const int* kinds, int K, int dim,
                                   const long long* acc_offsets, T* lanes, T* acc) {
     for (int k = 0; k < K; ++k) {
-        if (kinds[k] != KIND_PLANAR && kinds[k] != KIND_RADIAL) continue;
-        const bool planar = kinds[k] == KIND_PLANAR;
+        const int n = kinds[k] == KIND_PLANAR ? 2 * dim : kinds[k] == KIND_SCALE ? dim + 1 : dim;
         T* lk = layer_vjp_lanes(lanes, k, dim);
-        T* acc_k = acc + acc_offsets[k] + (planar ? 0 : 2);
-        for (int j = 0; j < (planar ? 2 * dim : dim); ++j) {
+        T* acc_k = acc + acc_offsets[k] + (kinds[k] == KIND_RADIAL ? 2 : 0);
+        for (int j = 0; j < n; ++j) {
             acc_k[j] += lane_sum(lk + (index_t)j * LANES);
             for (int l = 0; l < LANES; ++l) lk[(index_t)j * LANES + l] = T(0);
         }
@@ -1014,14 +1015,24 @@ PFC_VM_INLINE void chain_inverse_block_impl(const int* kinds, const T* work,
                           scratch);
 }
 
-/* The inverse VJP of a scale (z = x / a) or shift (z = x - b) layer for a
- * block, zt = its output: g_x = g_z / a, dL/da -= sum g_x z, acc[dim] -=
- * sum g (the log-det's), resp. g_x = g_z, dL/db -= sum g_z
- * (scale_inverse_backward_row, shift_inverse_backward_row). */
-template <typename T>
-PFC_VM_INLINE void elementwise_inverse_vjp_block(int kind, const T* work, int dim, const T* zt,
-                                                 T* gt, const T* gld, T* acc) {
+/* The VJP of a scale (x = a z) or shift (x = z + b) layer for a block, or
+ * with INVERSE of its inverse (z = x / a, z = x - b); zt holds z (the
+ * forward's input, the inverse's output) and gt the output's cotangent,
+ * replaced by the input's.  As the row functions of elementwise.h:
+ *   forward  g_z = a g_x, dL/da += sum g_x z, acc[dim] += sum gld
+ *            (the log-det's), resp. g_z = g_x, dL/db += sum g_x;
+ *   inverse  g_x = g_z / a, dL/da -= sum g_x z, acc[dim] -= sum gld,
+ *            resp. g_x = g_z, dL/db -= sum g_z.
+ * The sums run per lane into `lanes` (layer_vjp_lanes; dim + 1 of its
+ * 2 dim slots), folded once per chunk by chain_vjp_lanes_flush.  Walking
+ * the rows one by one instead, each row's add to the chunk's accumulator
+ * waited for the previous row's: a single scale or shift layer's backward
+ * took 5-10x its forward. */
+template <bool INVERSE, typename T>
+PFC_VM_INLINE void elementwise_vjp_block(int kind, const T* work, int dim, const T* zt, T* gt,
+                                         const T* gld, T* lanes) {
     const bool scale = kind == KIND_SCALE;
+    const T sign = INVERSE ? T(-1) : T(1);
     for (int i = 0; i < dim; ++i) {
         T* gi = gt + (index_t)i * BLOCK_ROWS;
         const T* zi = zt + (index_t)i * BLOCK_ROWS;
@@ -1031,19 +1042,22 @@ PFC_VM_INLINE void elementwise_inverse_vjp_block(int kind, const T* work, int di
             PFC_VM_PRAGMA_SIMD
             for (int l = 0; l < LANES; ++l) {
                 const int r = r0 + l;
-                const T g = scale ? gi[r] / ai : gi[r];
-                part[l] += scale ? g * zi[r] : g;
-                gi[r] = g;
+                const T g_out = gi[r];
+                const T g_in = !scale ? g_out : INVERSE ? g_out / ai : g_out * ai;
+                part[l] += scale ? (INVERSE ? g_in : g_out) * zi[r] : g_out;
+                gi[r] = g_in;
             }
         }
-        acc[i] -= lane_sum(part);
+        T* li = lanes + (index_t)i * LANES;
+        for (int l = 0; l < LANES; ++l) li[l] += sign * part[l];
     }
     if (scale) {
         T part[LANES] = {};
         for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
             for (int l = 0; l < LANES; ++l) part[l] += gld[r0 + l];
         }
-        acc[dim] -= lane_sum(part);
+        T* ld = lanes + (index_t)dim * LANES;
+        for (int l = 0; l < LANES; ++l) ld[l] += sign * part[l];
     }
 }
 
@@ -1314,8 +1328,8 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
             continue;
         }
         if (kinds[k] != KIND_PLANAR) {
-            elementwise_inverse_vjp_block(kinds[k], wk, dim, stack + k * stride, gt, gld,
-                                          acc + acc_offsets[k]);
+            elementwise_vjp_block<true>(kinds[k], wk, dim, stack + k * stride, gt, gld,
+                                        layer_vjp_lanes(lanes, k, dim));
             continue;
         }
         const T* t = act + 2 * (index_t)k * BLOCK_ROWS;
@@ -1488,16 +1502,8 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                                   layer_vjp_lanes(lanes, k, dim), tmp);
             continue;
         }
-        T* zr = tmp;
-        T* gr = tmp + dim;
-        for (index_t r = 0; r < nrows; ++r) {
-            for (int i = 0; i < dim; ++i) {
-                zr[i] = PFC_XT(zt, i, r);
-                gr[i] = PFC_XT(gt, i, r);
-            }
-            layer_backward_row(kinds[k], wk, dim, zr, gr, gld[r], gr, acc_k);
-            for (int i = 0; i < dim; ++i) PFC_XT(gt, i, r) = gr[i];
-        }
+        elementwise_vjp_block<false>(kinds[k], wk, dim, zt, gt, gld,
+                                     layer_vjp_lanes(lanes, k, dim));
     }
     store_block(gt, dim, nrows, grad_z);
 }
