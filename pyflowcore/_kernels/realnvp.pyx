@@ -44,11 +44,11 @@ at least 16 rows, at most 512); the AVX-512 kernel has no such limit and
 uses 64-row blocks, which keep the backward's per-block scratch in L2.
 
 Measured (2-core shared machine, Sapphire Rapids, dim 16, 8 masks, 2 x 64
-units, N = 65536): forward float64 ~290 ms on either back end when the
-machine is quiet, of which tanh (134M evaluations, ~1.7 ns each on one
-core, 2 x ~45 vector instructions per 8 doubles: port-bound, not
-division-bound) is ~40% and the GEMMs (10.7 GFLOP) ~35% at ~50 GFLOP/s
-per core against ~87 GFLOP/s FMA peak.
+units, N = 65536, 2026-12-01, AVX-512 path): forward ~187 ms float64, of
+which tanh (134M evaluations, ~1.35 ns each on one core, ~45 vector
+instructions per 8 doubles: port-bound, not division-bound) is ~48% and the
+GEMMs (10.7 GFLOP) ~37%, near the FMA peak; ~74 ms float32 (tanh ~32%,
+GEMMs ~47%).  benchmarks/RESULTS.md has the details.
 
 Backward passes (``vjp``) recompute the forward of each block while keeping
 every coupling's input rows, tanh activations and exp(+-s) values in the
