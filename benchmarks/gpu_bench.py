@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/gpu_bench.py RESULTS.md [--n 16777216] [--dim 16] [--repeat 10]
+    python benchmarks/gpu_bench.py RESULTS.md [--n 16777216] [--n-realnvp 1048576]
+        [--dim 16] [--repeat 10]
 
 For every flow, both float32 and float64, it times ``forward``, ``inverse``
 and ``backward`` on ``N`` rows of dimension ``dim`` (CholeskyProduct uses the
@@ -10,9 +11,12 @@ triangle size nearest to ``dim``) with CUDA events, and reports the achieved
 bandwidth -- the bytes a method must move at least (its inputs read once,
 its outputs written once) over its time -- as a fraction of a device-to-device
 copy measured in the same run.  Then it times the forward + backward of a
-16-layer planar chain beside the same math in PyTorch eager and
-``torch.compile`` (when torch with CUDA is installed).  The results are
-written as Markdown, with the device name and the date, to the given path.
+16-layer planar chain (N rows) and of a Real NVP of 8 masks with 2 x 64 tanh
+units (``--n-realnvp`` rows) beside the same math in PyTorch eager and
+``torch.compile`` (``pyflowcore._peers``, when torch with CUDA is
+installed), each peer's gradients first compared with pyflowcore's.  The
+results are written as Markdown, with the device name and the date, to the
+given path.
 
 Times are medians over ``--repeat`` runs after one warm-up run (which also
 compiles the kernels).
@@ -32,6 +36,7 @@ try:
 except ImportError:  # run from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import pyflowcore as pf
+from pyflowcore import _peers
 
 
 def gpu_time(fn, repeat):
@@ -106,26 +111,36 @@ def bench_flows(n, dim, repeat, copy_bw):
     return rows
 
 
-def torch_planar_chain(torch, layers, device, dtype):
-    """Forward + log-det of a planar chain (SPEC section 3) with torch leaf tensors."""
-    params = [tuple(torch.tensor(np.atleast_1d(p), dtype=dtype, device=device, requires_grad=True)
-                    for p in layer) for layer in layers]
+def torch_vjp(torch, spec, dim, theta, z, compiled=False):
+    """The model ``spec`` of ``pyflowcore._peers`` (SPEC.md's formulas, the
+    same code the CPU comparison times) in PyTorch at parameters ``theta`` on
+    the tensor ``z``: a closure running the forward and, through autograd,
+    the VJP of x and log_det with all-ones cotangents -- pyflowcore's
+    ``backward(z, 1, 1)`` -- and returning (grad_z, grad_theta).  With
+    ``compiled`` the forward goes through ``torch.compile``."""
+    forward = _peers.make_model(_peers.torch_ops(torch), spec, dim, z)
+    if compiled:
+        forward = torch.compile(forward)
+    theta = torch.as_tensor(theta, dtype=z.dtype, device=z.device).requires_grad_(True)
 
-    def forward(z):
-        x = z
-        log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        for u, w, b in params:
-            wu = w @ u
-            u_hat = u + (torch.nn.functional.softplus(wu) - 1.0 - wu) * w / (w @ w)
-            h = torch.tanh(x @ w + b)
-            x = x + h[:, None] * u_hat
-            log_det = log_det + torch.log(torch.abs(1.0 + (1.0 - h * h) * (w @ u_hat)))
-        return x, log_det
+    def run():
+        zz = z.detach().requires_grad_(True)
+        x, log_det = forward(theta, zz)
+        return torch.autograd.grad(x.sum() + log_det.sum(), [zz, theta])
 
-    return forward, [p for layer in params for p in layer]
+    return run
 
 
-def bench_chain(n, dim, repeat):
+def rel_err(ours, peer):
+    """max |peer - ours| / max |ours| over both gradients (NumPy arrays)."""
+    return max(float(np.max(np.abs(p - o)) / max(np.max(np.abs(o)), 1e-300))
+               for o, p in zip(ours, peer))
+
+
+def bench_vs_torch(make_flow, spec, n, repeat):
+    """forward + backward of ``make_flow(dtype)`` on the GPU beside the same
+    math in PyTorch eager and ``torch.compile``; each peer's gradients are
+    first compared with ours.  Rows: (implementation, dtype, ms, rel. err)."""
     import cupy as cp
     rows = []
     try:
@@ -134,43 +149,53 @@ def bench_chain(n, dim, repeat):
     except ImportError:
         torch, has_torch = None, False
     for dtype in ("float32", "float64"):
-        chain = pf.Chain([pf.Planar(dim, dtype=dtype, rng=k) for k in range(16)])
-        chain.params[:] = np.random.default_rng(0).uniform(-0.5, 0.5, chain.num_params)
-        layers = [(lay.params[:dim].copy(), lay.params[dim:2 * dim].copy(), lay.params[2 * dim])
-                  for lay in chain.layers]
-        chain.to("cuda")
-        z = cp.random.default_rng(1).standard_normal((n, dim), dtype=dtype)
+        flow = make_flow(dtype)
+        theta = np.array(flow.params)
+        flow.to("cuda")
+        z = cp.random.default_rng(1).standard_normal((n, flow.dim), dtype=dtype)
         g = cp.ones_like(z)
         gld = cp.ones(n, dtype=dtype)
+        out = (cp.empty_like(z), cp.empty(n, dtype=dtype))
+        gout = (cp.empty_like(z), cp.empty(flow.num_params, dtype=dtype))
 
         def ours():
-            chain.forward(z)
-            chain.backward(z, g, gld)
+            flow.forward(z, out=out)
+            flow.backward(z, g, gld, out=gout)
 
-        rows.append(("pyflowcore (CUDA kernels)", dtype, gpu_time(ours, repeat) * 1e3))
+        rows.append(("pyflowcore (CUDA kernels)", dtype, gpu_time(ours, repeat) * 1e3, ""))
         if has_torch:
-            tdtype = getattr(torch, dtype)
+            ours()
+            mine = [cp.asnumpy(a) for a in gout]
             zt = torch.as_tensor(z, device="cuda")
-            gt = torch.ones_like(zt)
-            gldt = torch.ones(n, dtype=tdtype, device="cuda")
-
-            def run(fwd, params):
-                zz = zt.detach().requires_grad_(True)
-                x, ld = fwd(zz)
-                loss = (x * gt).sum() + (ld * gldt).sum()
-                torch.autograd.grad(loss, [zz, *params])
-
-            fwd, params = torch_planar_chain(torch, layers, "cuda", tdtype)
-            rows.append(("PyTorch eager", dtype, gpu_time(lambda: run(fwd, params), repeat) * 1e3))
-            try:
-                compiled = torch.compile(fwd)
-                rows.append(("torch.compile", dtype,
-                             gpu_time(lambda: run(compiled, params), repeat) * 1e3))
-            except Exception as exc:  # no Triton, unsupported GPU...
-                rows.append((f"torch.compile (failed: {type(exc).__name__})", dtype, float("nan")))
-        del z, g, gld
+            for label, compiled in (("PyTorch eager", False), ("torch.compile", True)):
+                try:
+                    run = torch_vjp(torch, spec, flow.dim, theta, zt, compiled)
+                    err = rel_err(mine, [t.detach().cpu().numpy() for t in run()])
+                    rows.append((label, dtype, gpu_time(run, repeat) * 1e3, f"{err:.0e}"))
+                except Exception as exc:  # no Triton, unsupported GPU, out of memory...
+                    rows.append((f"{label} (failed: {type(exc).__name__})", dtype,
+                                 float("nan"), ""))
+            del zt
+            torch.cuda.empty_cache()
+        del z, g, gld, out, gout
         cp.get_default_memory_pool().free_all_blocks()
     return rows, has_torch
+
+
+def planar_chain(dim):
+    def make(dtype):
+        chain = pf.Chain([pf.Planar(dim, dtype=dtype, rng=k) for k in range(16)])
+        chain.params[:] = np.random.default_rng(0).uniform(-0.5, 0.5, chain.num_params)
+        return chain
+    return make
+
+
+def realnvp_8x2x64(dim):
+    def make(dtype):
+        flow = pf.RealNVP(dim, num_masks=8, num_layers=2, units=64, dtype=dtype, rng=0)
+        flow.params[:] *= 0.5
+        return flow
+    return make
 
 
 def main(argv=None):
@@ -178,6 +203,8 @@ def main(argv=None):
     parser.add_argument("output", help="Markdown file to write")
     parser.add_argument("--n", type=int, default=2 ** 24, help="rows per batch (default 2**24)")
     parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--n-realnvp", type=int, default=2 ** 20,
+                        help="rows of the Real NVP comparison (default 2**20)")
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args(argv)
     if not pf.cuda_available():
@@ -188,7 +215,10 @@ def main(argv=None):
     device = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     copy_bw = copy_bandwidth(args.repeat)
     flow_rows = bench_flows(args.n, args.dim, args.repeat, copy_bw)
-    chain_rows, has_torch = bench_chain(args.n, args.dim, args.repeat)
+    chain_rows, has_torch = bench_vs_torch(planar_chain(args.dim), ("planar", 16), args.n,
+                                           args.repeat)
+    nvp_rows, _ = bench_vs_torch(realnvp_8x2x64(args.dim), ("realnvp", 8, 2, 64), args.n_realnvp,
+                                 args.repeat)
 
     lines = [
         "# pyflowcore GPU benchmark",
@@ -208,15 +238,17 @@ def main(argv=None):
     ]
     for name, dtype, method, ms, gbs, frac in flow_rows:
         lines.append(f"| {name} | {dtype} | {method} | {ms:.3f} | {gbs:.1f} | {frac:.2f} |")
-    lines += [
-        "",
-        f"## 16-layer planar chain, forward + backward (N = {args.n}, dim = {args.dim})",
-        "",
-        "| implementation | dtype | time (ms) |",
-        "|---|---|---:|",
-    ]
-    for name, dtype, ms in chain_rows:
-        lines.append(f"| {name} | {dtype} | {ms:.3f} |")
+    for title, rows in (
+            (f"16-layer planar chain, forward + backward (N = {args.n}, dim = {args.dim})",
+             chain_rows),
+            (f"Real NVP (8 masks, 2 x 64 tanh units), forward + backward "
+             f"(N = {args.n_realnvp}, dim = {args.dim})", nvp_rows)):
+        lines += ["", f"## {title}", "",
+                  "| implementation | dtype | time (ms) | ratio | rel. err of the gradients |",
+                  "|---|---|---:|---:|---:|"]
+        ours = {dtype: ms for name, dtype, ms, _ in rows if name.startswith("pyflowcore")}
+        for name, dtype, ms, err in rows:
+            lines.append(f"| {name} | {dtype} | {ms:.3f} | {ms / ours[dtype]:.2f} | {err} |")
     if not has_torch:
         lines += ["", "PyTorch with CUDA is not installed here: no comparison."]
     Path(args.output).write_text("\n".join(lines) + "\n")

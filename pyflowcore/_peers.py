@@ -71,7 +71,7 @@ def torch_ops(torch):
     return Ops("torch", tanh=torch.tanh, exp=torch.exp, log=torch.log, abs=torch.abs,
                sqrt=torch.sqrt, softplus=lambda a: torch.logaddexp(a, torch.zeros_like(a)),
                sigmoid=torch.sigmoid, where=torch.where,
-               asarray=lambda a, like: torch.as_tensor(a, dtype=like.dtype))
+               asarray=lambda a, like: torch.as_tensor(a, dtype=like.dtype, device=like.device))
 
 
 def jax_ops(jax):

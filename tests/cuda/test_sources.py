@@ -2,6 +2,7 @@
 
 import re
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +63,25 @@ def test_gpu_array_given_to_a_cpu_flow_names_the_device():
                  lambda: flow.forward(z, out=(arr, np.empty(3)))):
         with pytest.raises(TypeError, match="flow is on device 'cpu'"):
             call()
+
+
+@pytest.mark.parametrize("model", ["planar_chain", "realnvp_8x2x64"])
+def test_gpu_bench_torch_peer_is_pyflowcores_backward(model):
+    # The GPU benchmark's PyTorch peer, run here on the CPU: the same
+    # gradients as pyflowcore's backward with all-ones cotangents, which the
+    # benchmark then times it against.
+    torch = pytest.importorskip("torch")
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_bench.py"
+    if not path.exists():
+        pytest.skip("needs a source checkout (benchmarks/)")
+    gpu_bench = types.ModuleType("gpu_bench")
+    exec(compile(path.read_text(), str(path), "exec"), gpu_bench.__dict__)
+    spec = {"planar_chain": ("planar", 16), "realnvp_8x2x64": ("realnvp", 8, 2, 64)}[model]
+    flow = getattr(gpu_bench, model)(16)("float64")
+    z = np.random.default_rng(3).standard_normal((40, 16))
+    run = gpu_bench.torch_vjp(torch, spec, 16, np.array(flow.params), torch.as_tensor(z))
+    peer = [t.numpy() for t in run()]
+    ours = flow.backward(z, np.ones_like(z), np.ones(40))
+    assert gpu_bench.rel_err(ours, peer) < 1e-12
+    # ... and the check would see a wrong gradient.
+    assert gpu_bench.rel_err(ours, [peer[0], peer[1] * 1.001]) > 1e-4

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU engine's whole check in one command, for a machine with an NVIDIA
+# GPU, CuPy, Cython, NumPy and SciPy (and, for the peers, PyTorch with
+# CUDA): build the extensions for that machine's Python, run the GPU tests,
+# then the GPU benchmark.  The records -- environment, build log, test
+# output, benchmark table, each named with the date -- go to $OUT when it is
+# set (a device run) or benchmarks/results/ otherwise; commit them there.
+#
+#   bash benchmarks/gpu_session.sh
+set -u -o pipefail
+export PYTHONUNBUFFERED=1
+dest=${OUT:-benchmarks/results}
+day=$(date -u +%Y-%m-%d)
+mkdir -p "$dest"
+{
+    nvidia-smi
+    python3 -c "import sys, cupy, numpy, scipy, Cython
+print('Python', sys.version.split()[0], '| CuPy', cupy.__version__, '| NumPy', numpy.__version__,
+      '| SciPy', scipy.__version__, '| Cython', Cython.__version__)"
+} > "$dest/gpu-$day-env.txt" 2>&1
+cat "$dest/gpu-$day-env.txt"
+if ! python3 setup.py build_ext --inplace -j "$(nproc)" > "$dest/gpu-$day-build.log" 2>&1; then
+    tail -40 "$dest/gpu-$day-build.log"
+    exit 1
+fi
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/cuda 2>&1 | tee "$dest/gpu-$day-tests.txt"
+tests=$?
+timeout 300 python3 benchmarks/gpu_bench.py "$dest/gpu-$day.md"
+bench=$?
+exit $(( tests != 0 || bench != 0 ))
