@@ -58,6 +58,11 @@
 #else
 #define PFC_SIMD_REDUCE(...)
 #endif
+#if defined(__GNUC__) && !defined(__clang__)
+#define PFC_UNROLL4 _Pragma("GCC unroll 4")
+#else
+#define PFC_UNROLL4
+#endif
 
 namespace pfc {
 namespace cpu {
@@ -451,6 +456,7 @@ PFC_VM_INLINE void planar_update_dot_block(const T* uhat, int dim, const T* zt, 
             tl[l] = t[r0 + l];
             acc[l] = b;
         }
+        PFC_UNROLL4
         for (int i = 0; i < dim; ++i) {
             const T ui = uhat[i], wi = w[i];
             const T* zi = zt + (index_t)i * BLOCK_ROWS + r0;
