@@ -540,17 +540,19 @@ PFC_VM_INLINE T radial_log_det_row(T s, T beta, T inv, T u, T v, T gr, T dim_min
     const T u1 = T(1) + q, u2 = T(1) + q2;
     const T a1 = select_(n1, u1, gr), a2 = select_(n2, u2, g2);
     bad = bad | !(vm::log_sum_in_range(a1) & vm::log_sum_in_range(a2));
-    const bool multi = dim_minus_1 > T(0);
+    /* For dim = 1, g's factor or logarithm is multiplied by dim - 1 = 0
+     * (the products' flush weighs prod_g by it); both are finite where the
+     * row is not flagged.  (Masking with a separate `dim > 1` flag made
+     * gcc move the vector masks through general registers.) */
     if (PROD) {
-        /* g only matters with weight dim - 1 > 0 */
-        log_product_mul(prod_g, r, q, gr, n1, multi & !bad);
+        log_product_mul(prod_g, r, q, gr, n1, !bad);
         log_product_mul(prod_g2, r, q2, g2, n2, !bad);
         return T(0);
     }
     T l1, l2;
     vm::log_sum2_normal(a1, select_(n1, q - (u1 - T(1)), T(0)),
                         a2, select_(n2, q2 - (u2 - T(1)), T(0)), l1, l2);
-    return select_(multi, dim_minus_1 * l1, T(0)) + l2;
+    return dim_minus_1 * l1 + l2;
 }
 
 /* The non-negative root r of r^2 + (s - rho) r - alpha rho = 0 for rho > 0
