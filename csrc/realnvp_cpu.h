@@ -260,8 +260,8 @@ inline void realnvp_tanh_grad_sums(bool simd, T* d, const T* h, index_t ld, inde
  * exponents go through one vectorised vm::exp_array pass (<= 2 ulp)
  * between a pass for the exponents and log-determinants and one for the
  * updates, each from realnvp.h's per-entry functions.  log_det[r] += the
- * row's log-determinant (summed in the row function's order); s_raw ends
- * holding the exponentials, as there. */
+ * row's log-determinant (summed in the row function's order) unless
+ * log_det is NULL; s_raw ends holding the exponentials, as there. */
 template <typename T>
 inline void realnvp_coupling_block(bool inverse, const int* changed, int nc, index_t rows,
                                    T* s_raw, const T* t_raw, const T* bias_s, const T* bias_t,
@@ -273,7 +273,7 @@ inline void realnvp_coupling_block(bool inverse, const int* changed, int nc, ind
             sr[j] = realnvp_coupling_exponent(inverse, sr[j], bias_s[j]);
             row_log_det += sr[j];
         }
-        log_det[r] += row_log_det;
+        if (log_det) log_det[r] += row_log_det;
     }
     vm::exp_array(s_raw, s_raw, rows * nc);
     for (index_t r = 0; r < rows; ++r) {

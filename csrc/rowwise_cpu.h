@@ -570,6 +570,26 @@ PFC_VM_INLINE T radial_root_row(T sqrt_alpha, T s, T rho) {
     return select_(b <= T(0), T(0.5) * disc - T(0.5) * b, (T(0.25) * tq) * (tq / den));
 }
 
+/* out = z0 + f (in - z0) for the block's rows, dimension by dimension;
+ * with FLAGGED, rows with flag[r] != 0 keep `in` (the row function redoes
+ * them), without it no row is flagged and the select is left out (as in
+ * radial_vjp_dims). */
+template <bool FLAGGED, int R, typename T>
+PFC_VM_INLINE void radial_update_dims(const T* z0, int dim, const T* in, T* out, const T* f,
+                                      const T* flag) {
+    using vm::detail::select_;
+    for (int i = 0; i < dim; ++i) {
+        const T z0i = z0[i];
+        const T* vi = in + (index_t)i * BLOCK_ROWS;
+        T* oi = out + (index_t)i * BLOCK_ROWS;
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < R; ++r) {
+            const T moved = z0i + f[r] * (vi[r] - z0i);
+            oi[r] = FLAGGED ? select_(flag[r] != T(0), vi[r], moved) : moved;
+        }
+    }
+}
+
 /* A radial layer on a block (radial_forward_row, or with INVERSE
  * radial_inverse_row), `in` to `out` (which may be `in`): per row the
  * distance to z0 -- r = |z - z0|, or for the inverse r the root of
@@ -614,23 +634,9 @@ PFC_VM_INLINE void radial_map_block(const T* work, int dim, const T* in, T* out,
         dist2[r] = select_(bad, T(1), T(0));
     }
     if (nbad == 0) {
-        for (int i = 0; i < dim; ++i) {
-            const T z0i = z0[i];
-            const T* vi = in + (index_t)i * BLOCK_ROWS;
-            T* oi = out + (index_t)i * BLOCK_ROWS;
-            PFC_VM_PRAGMA_SIMD
-            for (int r = 0; r < R; ++r) oi[r] = z0i + f[r] * (vi[r] - z0i);
-        }
+        radial_update_dims<false, R>(z0, dim, in, out, f, dist2);
     } else {
-        for (int i = 0; i < dim; ++i) {
-            const T z0i = z0[i];
-            const T* vi = in + (index_t)i * BLOCK_ROWS;
-            T* oi = out + (index_t)i * BLOCK_ROWS;
-            PFC_VM_PRAGMA_SIMD
-            for (int r = 0; r < R; ++r) {
-                oi[r] = select_(dist2[r] != T(0), vi[r], z0i + f[r] * (vi[r] - z0i));
-            }
-        }
+        radial_update_dims<true, R>(z0, dim, in, out, f, dist2);
         for (int r = 0; r < R; ++r) {
             if (dist2[r] == T(0)) continue;
             for (int i = 0; i < dim; ++i) row[i] = PFC_XT(out, i, r);

@@ -507,10 +507,10 @@ cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* p
         gather_rows(B, D, p, ix, yin, zp)
         nets_forward(simd, g, B, p, w, params, m, zp, H + k * L * lay, E + k * bd, t)
         memcpy(yout, yin, bd * sizeof(floating))
-        if k == 0:
+        if quadratic and k == 0:
             memset(gl, 0, B * sizeof(floating))
         realnvp_coupling_block(inverse, ix + p, c, B, E + k * bd, t, w + g.o_bo,
-                               w + g.o_bo + D, yout, D, gl)
+                               w + g.o_bo + D, yout, D, gl if quadratic else NULL)
     if quadratic:
         yout = Y + (M - 1) * bd
         for r in range(B):
