@@ -652,13 +652,16 @@ PFC_VM_INLINE void radial_map_block(const T* work, int dim, const T* in, T* out,
 }
 
 /* radial_map_block with the log-determinant going to a chain's ld, or into
- * its products when it keeps them (ChainLogDet). */
+ * its products when it keeps them (ChainLogDet *lds); without
+ * log-determinants when lds is NULL. */
 template <bool INVERSE, int R, typename T>
-PFC_VM_INLINE void radial_map_chain(const ChainLogDet<T>& lds, const T* work, int dim,
+PFC_VM_INLINE void radial_map_chain(const ChainLogDet<T>* lds, const T* work, int dim,
                                     const T* in, T* out, T* ld, T* scratch) {
-    if (lds.product) {
-        radial_map_block<INVERSE, true, R, true>(work, dim, in, out, ld, scratch, lds.weighted,
-                                                 lds.ones);
+    if (!lds) {
+        radial_map_block<INVERSE, false, R>(work, dim, in, out, (T*)0, scratch);
+    } else if (lds->product) {
+        radial_map_block<INVERSE, true, R, true>(work, dim, in, out, ld, scratch, lds->weighted,
+                                                 lds->ones);
     } else {
         radial_map_block<INVERSE, true, R>(work, dim, in, out, ld, scratch);
     }
@@ -729,7 +732,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                 have_s = planar_update_next<R>(wk, dim, xt, xt, t, k + 1 < K ? kinds[k + 1] : -1,
                                             work + work_offsets[k + 1], s);
                 break;
-            case KIND_RADIAL: radial_map_chain<false, R>(lds, wk, dim, xt, xt, ld, rest); break;
+            case KIND_RADIAL: radial_map_chain<false, R>(&lds, wk, dim, xt, xt, ld, rest); break;
             default: elementwise_map_block<false, R>(kinds[k], wk, dim, xt, xt, ld);
         }
         if (kinds[k] != KIND_PLANAR) have_s = false;
@@ -935,7 +938,7 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
         if (kinds[k] == KIND_RADIAL) {
-            radial_map_chain<true, R>(lds, wk, dim, xt, xt, ld, solve);
+            radial_map_chain<true, R>(&lds, wk, dim, xt, xt, ld, solve);
             continue;
         }
         if (kinds[k] != KIND_PLANAR) {
@@ -1292,12 +1295,8 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
         const T* in = stack + (k + 1) * stride;
         T* t = act + 2 * (index_t)k * BLOCK_ROWS;
         if (kinds[k] == KIND_RADIAL) {
-            if (quadratic) {
-                radial_map_chain<true, BLOCK_ROWS>(lds, wk, dim, in, stack + k * stride, ld, tmp);
-            } else {
-                radial_map_block<true, false, BLOCK_ROWS>(wk, dim, in, stack + k * stride,
-                                                        (T*)0, tmp);
-            }
+            radial_map_chain<true, BLOCK_ROWS>(quadratic ? &lds : nullptr, wk, dim, in,
+                                               stack + k * stride, ld, tmp);
             continue;
         }
         if (kinds[k] != KIND_PLANAR) {
@@ -1314,9 +1313,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
         /* ld holds the forward log-determinants: log_det_inv = -ld. */
         chain_log_det_end<BLOCK_ROWS>(lds, dim, ld);
         for (int r = 0; r < BLOCK_ROWS; ++r) ld[r] = -ld[r];
-        for (int i = 0; i < dim; ++i) {
-            for (int r = 0; r < BLOCK_ROWS; ++r) gt[i * BLOCK_ROWS + r] = stack[i * BLOCK_ROWS + r];
-        }
+        memcpy(gt, stack, stride * sizeof(T));   /* z = v_0, the loss's cotangent below */
         quadratic_cotangent_block(dim, nrows, a, b, ld, gt, gld, sums);
     } else {
         load_block<BLOCK_ROWS>(grad_z, dim, nrows, gt);
@@ -1470,11 +1467,8 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                                                         t + 2 * BLOCK_ROWS);
                 break;
             case KIND_RADIAL:
-                if (quadratic) {
-                    radial_map_chain<false, BLOCK_ROWS>(lds, wk, dim, in, out, ld, tmp);
-                } else {
-                    radial_map_block<false, false, BLOCK_ROWS>(wk, dim, in, out, (T*)0, tmp);
-                }
+                radial_map_chain<false, BLOCK_ROWS>(quadratic ? &lds : nullptr, wk, dim, in, out,
+                                                    ld, tmp);
                 break;
             default: elementwise_map_block<false, BLOCK_ROWS>(kinds[k], wk, dim, in, out, ldk);
         }
