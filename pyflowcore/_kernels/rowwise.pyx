@@ -139,6 +139,24 @@ cdef enum:
     STACK_WORK = 512
 
 
+# The widest copy of the block kernels (pfc::vm LEVEL_*: 0 baseline x86-64,
+# 1 AVX2 + FMA, 2 AVX-512) the kernels may pick; lowered only by tests, so
+# that every copy the compiler built is checked on a machine that runs the
+# widest one.
+cdef int _max_level = 2
+
+
+def _set_max_cpu_level(int level):
+    """Cap the CPU copy the block kernels run (a test hook); returns the old cap."""
+    global _max_level
+    old, _max_level = _max_level, level
+    return old
+
+
+cdef inline int _kernel_level() noexcept nogil:
+    return min(cpu_level(), _max_level)
+
+
 cdef inline bint _kernel_ready(cnp.ndarray a) noexcept:
     # C-contiguous, aligned and in native byte order: what a typed memoryview
     # of the generic path would accept without a copy.
@@ -366,7 +384,7 @@ cdef class RowwiseRun:
         costing about a microsecond.  Each block is computed by the same call
         either way, so results do not depend on the number of threads."""
         cdef Py_ssize_t blk, num_blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-        cdef int level = cpu_level(), failed = 0
+        cdef int level = _kernel_level(), failed = 0
         cdef int* failed_ptr = &failed   # written through: shared by the two loops
         cdef long long scratch_size = chain_block_scratch_size(self.dim)
         cdef floating* scratch = NULL
@@ -511,7 +529,7 @@ cdef class RowwiseRun:
             for j in range(nc * acc_size):
                 partial[j] = 0
             if not inverse_map or n >= SMALL_BATCH:
-                level = cpu_level()
+                level = _kernel_level()
                 scratch_size = (chain_inverse_backward_scratch_size(K, dim) if inverse_map
                                 else chain_backward_scratch_size(K, dim))
                 lanes_size = chain_vjp_lanes_size(K, dim)

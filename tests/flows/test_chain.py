@@ -350,3 +350,40 @@ def test_fused_quadratic_loss_is_the_map_then_its_vjp(run, dtype, n, inverse):
     np.testing.assert_allclose(grad_v, ref_v, rtol=tol, atol=tol * np.abs(ref_v).max())
     np.testing.assert_allclose(grad_params, ref_params, rtol=tol,
                                atol=tol * np.abs(ref_params).max())
+
+
+def _lower_cpu_levels():
+    from pyflowcore._kernels import vmath
+    return [lv for lv in (vmath.BASELINE, vmath.AVX2) if lv < vmath.best_level()]
+
+
+@pytest.mark.parametrize("dim", [3, 16])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("level", _lower_cpu_levels())
+def test_every_cpu_copy_of_the_block_kernels_agrees(level, dtype, dim):
+    # The block kernels are compiled for baseline x86-64, AVX2 and AVX-512
+    # and the widest the CPU runs is picked: the other tests check that one.
+    # Here the narrower copies (other vector widths, their own code for the
+    # GCC vector-extension sweeps, FMA contracted or not) must agree with it.
+    from pyflowcore._kernels import rowwise
+    rng = np.random.default_rng(dim)
+    chain = pf.Chain(rowwise_layers(dim, dtype, rng))
+    z = (0.5 * rng.standard_normal((300, dim))).astype(dtype)
+    g = rng.standard_normal(z.shape).astype(dtype)
+    x = chain.forward(z)[0]
+
+    def evaluate():
+        return [*chain.forward(z), *chain.inverse(x),
+                *chain.backward(z, g, 0.5), *chain.inverse_backward(x, g, 0.5),
+                *chain.quadratic_loss_and_grad(z, 0.7, -1.3),
+                *chain.quadratic_loss_and_grad(x, 0.7, -1.3, inverse=True)]
+
+    widest = evaluate()
+    old = rowwise._set_max_cpu_level(level)
+    try:
+        narrower = evaluate()
+    finally:
+        rowwise._set_max_cpu_level(old)
+    tol = 1e-11 if dtype == "float64" else 1e-4
+    for a, b in zip(narrower, widest):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
