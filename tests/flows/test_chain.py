@@ -205,17 +205,16 @@ PLANAR_REGIMES = {
 }
 
 
-def planar_regime_layers(regime, dtype):
-    # Layer k acts on coordinate k only (w = a e_k), so every layer sees a
-    # fresh standard-normal pre-activation and its D stays in its regime
-    # however far earlier layers moved the point.
-    dim = 16
+def planar_regime_layers(regime, dtype, num_layers=16, dim=16):
+    # Layer k acts on coordinate k only (w = a e_k), so each of the first dim
+    # layers sees a fresh standard-normal pre-activation and its D stays in
+    # its regime however far earlier layers moved the point.
     cs = PLANAR_REGIMES[regime]
     layers = []
-    for k in range(dim):
+    for k in range(num_layers):
         c = cs[k % len(cs)]
         a = 0.01 if c > 100 else 1.0
-        w = a * np.eye(dim)[k]
+        w = a * np.eye(dim)[k % dim]
         u = np.log(np.expm1(c + 1.0)) * w / (w @ w)   # m(w.u) = c
         flow = pf.Planar(dim, dtype=dtype)
         flow.set_params(np.concatenate([u, w, [0.1]]))
@@ -284,11 +283,11 @@ def radial_with_ratio(dim, ratio, rng, dtype):
     return flow
 
 
-def radial_regime_layers(regime, dtype):
+def radial_regime_layers(regime, dtype, num_layers=16):
     dim, rng = 6, np.random.default_rng(4)
     ratios = RADIAL_REGIMES[regime]
     layers = []
-    for k in range(16):
+    for k in range(num_layers):
         ratio = ratios[k % len(ratios)]
         if ratio == "planar":
             flow = pf.Planar(dim, dtype=dtype, rng=rng)
@@ -315,6 +314,55 @@ def test_radial_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
         chain = pf.Chain(layers)
         x = assert_block_inverse_is_the_row_inverse(chain, z)
         assert_block_inverse_vjp_is_the_row_vjp(chain, x)
+
+
+def long_chain(name, dtype):
+    """150 layers whose factors lie near their bounds: planar D ~ 500 or
+    ~ 1e-3, radial g up to ~ 200 or down to ~ 1e-3; or 200 contracting
+    radial layers (g ~ 0.4) each followed by a planar layer whose factor
+    bound (sp = 1e-30, D in [1e-30, 1]) makes it renormalise its product,
+    though its D stays ~ 1 (w = 1e4 e_k: |w.z| >> 1) and it hardly moves
+    the points."""
+    if name == "radial_planar":
+        rng, dim = np.random.default_rng(4), 6
+        layers = []
+        for k in range(100):
+            layers.append(radial_with_ratio(dim, -0.999, rng, dtype))
+            w = 1e4 * np.eye(dim)[k % dim]
+            planar = pf.Planar(dim, dtype=dtype)
+            planar.set_params(np.concatenate([np.log(np.expm1(1e-30)) * w / (w @ w), w, [0.0]]))
+            layers.append(planar)
+        return layers
+    kind, regime = name.split("_")
+    build = planar_regime_layers if kind == "planar" else radial_regime_layers
+    return build(regime, dtype, num_layers=150)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["planar_expanding", "planar_contracting", "radial_expanding",
+                                  "radial_contracting", "radial_planar"])
+def test_long_chains_renormalise_their_products_in_time(name, dtype):
+    # The products are renormalised only at the layers where the bounds of
+    # the factors multiplied in since the last time add up past a limit
+    # (ChainLogDet::renormalise), which 150 layers pass several times.
+    # Unless that happens in time, the contracting planar chain's product
+    # (2^-1360 in all) underflows even in float64, and the planar chains
+    # (2^143 expanding: D -> 1 once the points have moved out) and the
+    # contracting radial ones underflow or overflow float32 -- with planar
+    # layers in between (radial_planar), also where a planar layer's
+    # renormalisation of its product were taken for the radial g's.
+    layers = long_chain(name, dtype)
+    z = np.random.default_rng(5).standard_normal((300, layers[0].dim)).astype(dtype)
+    if name.startswith("radial"):
+        z *= 0.3
+    assert_chain_is_its_layers(layers, z)
+    if name.endswith("expanding"):
+        # The inverse multiplies the same factors up, last layer first (the
+        # contracting chains are too ill-conditioned to invert to a few ulps).
+        chain = pf.Chain(layers)
+        x, log_det = chain.forward(z)
+        tol = 1e-12 if dtype == "float64" else 1e-3
+        np.testing.assert_allclose(chain.inverse(x)[1], -log_det, rtol=tol)
 
 
 QUADRATIC_RUNS = {
