@@ -273,8 +273,9 @@ PFC_VM_INLINE void planar_act_block(const T* s, T* t, T* hp) {
  *   P takes the factors below 1/2, given in a form without cancellation
  *     (planar t^2 + hp sp, radial (alpha + beta + r) / (alpha + r)), and Q
  *     whenever it leaves [-1/2, 1], so 1 + Q never loses digits;
- *   P is renormalised into [sqrt(1/2), sqrt(2)) every layer, its exponent
- *     moving to E, so no product over- or underflows.
+ *   P is renormalised into [sqrt(1/2), sqrt(2)), its exponent moving to E,
+ *     at the layers where it could otherwise leave the normal range
+ *     (ChainLogDet::renormalise), so no product over- or underflows.
  * The rounding error is a few ulps relative in the product, i.e. a few ulps
  * absolute in the log-determinant, as in a sum of per-layer logarithms.
  * Rows with a factor outside log_sum_normal's range are flagged (ok false:
