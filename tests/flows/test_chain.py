@@ -318,7 +318,7 @@ def test_radial_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
 
 def long_chain(name, dtype):
     """150 layers whose factors lie near their bounds: planar D ~ 500 or
-    ~ 1e-3, radial g up to ~ 200 or down to ~ 1e-3; or 200 contracting
+    ~ 1e-3, radial g up to ~ 200 or down to ~ 1e-3; or 100 contracting
     radial layers (g ~ 0.4) each followed by a planar layer whose factor
     bound (sp = 1e-30, D in [1e-30, 1]) makes it renormalise its product,
     though its D stays ~ 1 (w = 1e4 e_k: |w.z| >> 1) and it hardly moves
