@@ -694,6 +694,43 @@ PFC_VM_INLINE void radial_update_dims(const T* z0, int dim, const T* in, T* out,
     }
 }
 
+/* radial_update_dims<false> fused with the next radial layer's block_dist2
+ * (centre next_z0) of the rows it writes, so the block is read once for
+ * both: each row group's factors and sums stay in registers (a 16-layer
+ * radial forward -3% float32, -13% float64). */
+template <int R, typename T>
+PFC_VM_INLINE void radial_update_dist2(const T* z0, int dim, const T* in, T* out, const T* f,
+                                       const T* next_z0, T* dist2) {
+#if PFC_VECTOR_EXT
+    enum { VL = 64 / sizeof(T), G = R >= 4 * VL ? 4 : R / VL };
+    typedef typename vec<T, VL>::type V;
+    for (int r0 = 0; r0 < R; r0 += G * VL) {
+        V fv[G], acc[G];
+        for (int g = 0; g < G; ++g) {
+            memcpy(&fv[g], f + r0 + g * VL, sizeof(V));
+            acc[g] = V{};
+        }
+        for (int i = 0; i < dim; ++i) {
+            const T* vi = in + (index_t)i * BLOCK_ROWS + r0;
+            T* oi = out + (index_t)i * BLOCK_ROWS + r0;
+            const T z0i = z0[i], next_z0i = next_z0[i];
+            for (int g = 0; g < G; ++g) {
+                V v;
+                memcpy(&v, vi + g * VL, sizeof(V));
+                const V x = z0i + fv[g] * (v - z0i);
+                memcpy(oi + g * VL, &x, sizeof(V));
+                const V d = x - next_z0i;
+                acc[g] += d * d;
+            }
+        }
+        memcpy(dist2 + r0, acc, sizeof(acc));
+    }
+#else
+    radial_update_dims<false, R>(z0, dim, in, out, f, f);
+    block_dist2<R>(next_z0, dim, out, dist2);
+#endif
+}
+
 /* A radial layer on a block (radial_forward_row, or with INVERSE
  * radial_inverse_row), `in` to `out` (which may be `in`): per row the
  * distance to z0 -- r = |z - z0|, or for the inverse r the root of
@@ -704,11 +741,14 @@ PFC_VM_INLINE void radial_update_dims(const T* z0, int dim, const T* in, T* out,
  * z = z0 + (x - z0) / g.  Rows whose squared distance under- or overflows,
  * or whose log arguments leave vm::log_sum_normal's range (degenerate
  * parameters, NaN rows, an inverse at x = z0), keep their input through the
- * sweep and take the row function after it. */
-template <bool INVERSE, bool LD, int R, bool PROD = false, bool RENORM = true, typename T>
-PFC_VM_INLINE void radial_map_block(const T* work, int dim, const T* in, T* out, T* log_det,
-                                    T* scratch, LogProduct<T> prod_g = LogProduct<T>(),
-                                    LogProduct<T> prod_g2 = LogProduct<T>()) {
+ * sweep and take the row function after it.
+ * scratch[0, R) holds |in - z0|^2 on entry if have_dist2; with next_z0 (the
+ * centre of a radial layer that follows) it is left holding |out -
+ * next_z0|^2 where no row was flagged, and true returned. */
+template <bool INVERSE, bool LD, int R, bool PROD, bool RENORM, typename T>
+PFC_VM_INLINE bool radial_map_block(const T* work, int dim, const T* in, T* out, T* log_det,
+                                    T* scratch, bool have_dist2, const T* next_z0,
+                                    LogProduct<T> prod_g, LogProduct<T> prod_g2) {
     using vm::detail::select_;
     const T alpha = work[0], s = work[1], beta = work[2];
     const T* z0 = work + 3;
@@ -716,7 +756,7 @@ PFC_VM_INLINE void radial_map_block(const T* work, int dim, const T* in, T* out,
     T* f = scratch + BLOCK_ROWS;       /* g, or 1 / g for the inverse */
     T* ldk = scratch + 2 * BLOCK_ROWS;
     T* row = scratch + 3 * BLOCK_ROWS;
-    block_dist2<R>(z0, dim, in, dist2);
+    if (!have_dist2) block_dist2<R>(z0, dim, in, dist2);
     const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
     const T dim_minus_1 = T(dim - 1);
     const T sqrt_alpha = INVERSE ? pfc::sqrt(alpha) : T(0);
@@ -737,7 +777,11 @@ PFC_VM_INLINE void radial_map_block(const T* work, int dim, const T* in, T* out,
         nbad += bad;
         dist2[r] = select_(bad, T(1), T(0));
     }
-    if (nbad == 0) {
+    bool next_dist2 = false;
+    if (nbad == 0 && next_z0) {
+        radial_update_dist2<R>(z0, dim, in, out, f, next_z0, dist2);
+        next_dist2 = true;
+    } else if (nbad == 0) {
         radial_update_dims<false, R>(z0, dim, in, out, f, dist2);
     } else {
         radial_update_dims<true, R>(z0, dim, in, out, f, dist2);
@@ -753,24 +797,30 @@ PFC_VM_INLINE void radial_map_block(const T* work, int dim, const T* in, T* out,
     if (LD) {
         for (int r = 0; r < R; ++r) log_det[r] += ldk[r];
     }
+    return next_dist2;
 }
 
 /* radial_map_block with the log-determinant going to a chain's ld, or into
  * its products when it keeps them (ChainLogDet *lds); without
- * log-determinants when lds is NULL. */
+ * log-determinants when lds is NULL.  have_dist2, next_z0 and the result as
+ * for radial_map_block. */
 template <bool INVERSE, int R, typename T>
-PFC_VM_INLINE void radial_map_chain(ChainLogDet<T>* lds, const T* work, int dim,
-                                    const T* in, T* out, T* ld, T* scratch) {
+PFC_VM_INLINE bool radial_map_chain(ChainLogDet<T>* lds, const T* work, int dim, const T* in,
+                                    T* out, T* ld, T* scratch, bool have_dist2 = false,
+                                    const T* next_z0 = nullptr) {
+    const LogProduct<T> none = {};
     if (!lds) {
-        radial_map_block<INVERSE, false, R>(work, dim, in, out, (T*)0, scratch);
+        return radial_map_block<INVERSE, false, R, false, false>(
+            work, dim, in, out, (T*)0, scratch, have_dist2, next_z0, none, none);
     } else if (!lds->product) {
-        radial_map_block<INVERSE, true, R>(work, dim, in, out, ld, scratch);
+        return radial_map_block<INVERSE, true, R, false, false>(
+            work, dim, in, out, ld, scratch, have_dist2, next_z0, none, none);
     } else if (lds->renormalise(3 + log2_magnitude(work[1] / work[0]), true)) {  /* s / alpha */
-        radial_map_block<INVERSE, true, R, true, true>(work, dim, in, out, ld, scratch,
-                                                       lds->weighted, lds->ones);
+        return radial_map_block<INVERSE, true, R, true, true>(
+            work, dim, in, out, ld, scratch, have_dist2, next_z0, lds->weighted, lds->ones);
     } else {
-        radial_map_block<INVERSE, true, R, true, false>(work, dim, in, out, ld, scratch,
-                                                        lds->weighted, lds->ones);
+        return radial_map_block<INVERSE, true, R, true, false>(
+            work, dim, in, out, ld, scratch, have_dist2, next_z0, lds->weighted, lds->ones);
     }
 }
 
@@ -824,7 +874,8 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
     T* t = s + BLOCK_ROWS;
     T* hp = t + BLOCK_ROWS;
     T* flag = hp + BLOCK_ROWS;
-    bool have_s = false;   /* s holds this layer's w.z + b */
+    bool have_s = false;       /* s holds this layer's w.z + b */
+    bool have_dist2 = false;   /* rest holds this (radial) layer's |z - z0|^2 */
     for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
         if (prefetch) {
@@ -839,10 +890,17 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                 have_s = planar_update_next<R>(wk, dim, xt, xt, t, k + 1 < K ? kinds[k + 1] : -1,
                                             work + work_offsets[k + 1], s);
                 break;
-            case KIND_RADIAL: radial_map_chain<false, R>(&lds, wk, dim, xt, xt, ld, rest); break;
+            case KIND_RADIAL: {
+                const bool next_radial = k + 1 < K && kinds[k + 1] == KIND_RADIAL;
+                have_dist2 = radial_map_chain<false, R>(
+                    &lds, wk, dim, xt, xt, ld, rest, have_dist2,
+                    next_radial ? work + work_offsets[k + 1] + 3 : nullptr);
+                break;
+            }
             default: elementwise_map_block<false, R>(kinds[k], wk, dim, xt, xt, ld);
         }
         if (kinds[k] != KIND_PLANAR) have_s = false;
+        if (kinds[k] != KIND_RADIAL) have_dist2 = false;
     }
     chain_log_det_end<R>(lds, dim, ld);
     store_block(xt, dim, nrows, x);
