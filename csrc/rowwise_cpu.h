@@ -233,6 +233,11 @@ PFC_VM_INLINE void prefetch_next(const T* p, int width, int k, int parts) {
 PFC_VM_INLINE double fma_(double a, double b, double c) { return __builtin_fma(a, b, c); }
 PFC_VM_INLINE float fma_(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
 
+/* The centre z0 in a radial layer's derived coefficients [alpha, s, beta, z0]
+ * (radial_prepare). */
+template <typename T>
+PFC_VM_INLINE const T* radial_z0(const T* work) { return work + 3; }
+
 /* Thresholds of the squared distance outside which a radial row is redone
  * by the row function (points within ~1e-146 of z0 or beyond ~1e146). */
 template <typename T>
@@ -382,10 +387,11 @@ struct ChainLogDet {
     bool product, radial;
     int span_ones, span_weighted;
 
-    /* Whether a layer whose factors lie within [2^-n, 2^n] renormalises the
-     * products it multiplies into: `ones` (a planar layer) or, with
-     * `both`, `weighted` too (a radial layer). */
-    bool renormalise(int n, bool both) {
+    /* Whether a layer whose factor lies between 1 and g_bound (sp, s/alpha)
+     * renormalises the products it multiplies into: `ones` (a planar layer)
+     * or, with `both`, `weighted` too (a radial layer). */
+    bool renormalise(T g_bound, bool both) {
+        const int n = 3 + log2_magnitude(g_bound);
         const int span = both && span_weighted > span_ones ? span_weighted : span_ones;
         const bool renorm = span + n > SPAN_LIMIT;
         /* a renormalised P lies in [sqrt(1/2), sqrt(2)) */
@@ -478,7 +484,7 @@ PFC_VM_INLINE void planar_logdet_chain(ChainLogDet<T>& lds, const T* work, int d
                                        const T* t, const T* hp, T* ld, T* flag) {
     if (!lds.product) {
         planar_logdet_block<R, false, false>(work, dim, t, hp, ld, flag, lds.ones);
-    } else if (lds.renormalise(3 + log2_magnitude(work[2 * dim + 2]), false)) {
+    } else if (lds.renormalise(work[2 * dim + 2], false)) {   /* sp */
         planar_logdet_block<R, true, true>(work, dim, t, hp, ld, flag, lds.ones);
     } else {
         planar_logdet_block<R, true, false>(work, dim, t, hp, ld, flag, lds.ones);
@@ -751,7 +757,7 @@ PFC_VM_INLINE bool radial_map_block(const T* work, int dim, const T* in, T* out,
                                     LogProduct<T> prod_g, LogProduct<T> prod_g2) {
     using vm::detail::select_;
     const T alpha = work[0], s = work[1], beta = work[2];
-    const T* z0 = work + 3;
+    const T* z0 = radial_z0(work);
     T* dist2 = scratch;
     T* f = scratch + BLOCK_ROWS;       /* g, or 1 / g for the inverse */
     T* ldk = scratch + 2 * BLOCK_ROWS;
@@ -794,7 +800,7 @@ PFC_VM_INLINE bool radial_map_block(const T* work, int dim, const T* in, T* out,
             for (int i = 0; i < dim; ++i) PFC_XT(out, i, r) = row[i];
         }
     }
-    if (LD) {
+    if (LD && (!PROD || nbad != 0)) {   /* with PROD only flagged rows have one */
         for (int r = 0; r < R; ++r) log_det[r] += ldk[r];
     }
     return next_dist2;
@@ -815,7 +821,7 @@ PFC_VM_INLINE bool radial_map_chain(ChainLogDet<T>* lds, const T* work, int dim,
     } else if (!lds->product) {
         return radial_map_block<INVERSE, true, R, false, false>(
             work, dim, in, out, ld, scratch, have_dist2, next_z0, none, none);
-    } else if (lds->renormalise(3 + log2_magnitude(work[1] / work[0]), true)) {  /* s / alpha */
+    } else if (lds->renormalise(work[1] / work[0], true)) {   /* s / alpha */
         return radial_map_block<INVERSE, true, R, true, true>(
             work, dim, in, out, ld, scratch, have_dist2, next_z0, lds->weighted, lds->ones);
     } else {
@@ -894,7 +900,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                 const bool next_radial = k + 1 < K && kinds[k + 1] == KIND_RADIAL;
                 have_dist2 = radial_map_chain<false, R>(
                     &lds, wk, dim, xt, xt, ld, rest, have_dist2,
-                    next_radial ? work + work_offsets[k + 1] + 3 : nullptr);
+                    next_radial ? radial_z0(work + work_offsets[k + 1]) : nullptr);
                 break;
             }
             default: elementwise_map_block<false, R>(kinds[k], wk, dim, xt, xt, ld);
@@ -1293,7 +1299,7 @@ PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt,
                                             T* scratch) {
     using vm::detail::select_;
     const T alpha = work[0], s = work[1], beta = work[2];
-    const T* z0 = work + 3;
+    const T* z0 = radial_z0(work);
     T* dist2 = scratch;                 /* then the row's flag */
     T* mg = scratch + BLOCK_ROWS;       /* m = 1/g */
     T* cr = scratch + 2 * BLOCK_ROWS;   /* rho_bar / rho */
@@ -1527,7 +1533,7 @@ PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T*
                                          const T* gld, index_t nrows, T* acc, T* lanes,
                                          T* scratch) {
     const T alpha = work[0], s = work[1], beta = work[2];
-    const T* z0 = work + 3;
+    const T* z0 = radial_z0(work);
     T* dist2 = scratch;
     T* pg = scratch + BLOCK_ROWS;            /* P, then g */
     T* cr = scratch + 2 * BLOCK_ROWS;
