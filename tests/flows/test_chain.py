@@ -316,6 +316,28 @@ def test_radial_chain_log_det_is_the_sum_of_layer_log_dets(regime, dtype):
         assert_block_inverse_vjp_is_the_row_vjp(chain, x)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["planar_mixed", "radial_mixed"])
+def test_non_finite_rows_in_a_block_only_affect_themselves(name, dtype):
+    # The mixed chains hold layers whose factors are all near one (their
+    # products skip the range checks: a NaN is carried through Q to the
+    # logarithm) beside layers whose rows are checked and flagged.  A NaN
+    # row must come out NaN, log-determinant included, and leave every
+    # other row of its block exactly as without it.
+    build = planar_regime_layers if name.startswith("planar") else radial_regime_layers
+    chain = pf.Chain(build(name.split("_")[1], dtype))
+    z = (0.3 * np.random.default_rng(6).standard_normal((300, chain.dim))).astype(dtype)
+    x_ref, ld_ref = chain.forward(z)
+    bad = z.copy()
+    bad[[7, 150], 1] = np.nan
+    bad[200, 0] = np.inf
+    x, ld = chain.forward(bad)
+    keep = np.setdiff1d(np.arange(300), [7, 150, 200])
+    np.testing.assert_array_equal(x[keep], x_ref[keep])
+    np.testing.assert_array_equal(ld[keep], ld_ref[keep])
+    assert np.isnan(ld[[7, 150]]).all() and np.isnan(x[[7, 150]]).any(axis=1).all()
+
+
 def long_chain(name, dtype):
     """150 layers whose factors lie near their bounds: planar D ~ 500 or
     ~ 1e-3, radial g up to ~ 200 or down to ~ 1e-3; or 100 contracting
