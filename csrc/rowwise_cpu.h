@@ -658,19 +658,28 @@ PFC_VM_INLINE void block_dist2_dot(const T* z0, int dim, const T* vt, const T* g
 #endif
 }
 
+/* What a radial layer's parameters guarantee of its factors g = 1 + beta h
+ * and g2 = 1 + beta (h + h' r), h = 1 / (alpha + r), at every r >= 0
+ * (radial_factors_bound): nothing (each row is checked), that they lie in
+ * vm::log_sum_normal's range, or also that they are near one. */
+enum { FACTORS_CHECKED, FACTORS_IN_RANGE, FACTORS_NEAR_ONE };
+
 /* The log-determinant of a radial layer at one row, from inv = 1/(alpha + r),
  * u = r inv, v = alpha inv and g = 1 + beta inv: (dim - 1) log g + log g2,
  * each log1p(beta h) resp. log1p(beta h v) near 1 (as radial_eval), the
  * two sharing the division of vm::log_sum2_normal; or, with PROD, g and g2
- * multiplied into prod_g, prod_g2 and 0 returned.  Sets bad where a factor
- * leaves vm::log_sum_normal's range (nothing is multiplied in then). */
-template <bool PROD, bool RENORM, bool NEAR, typename T>
+ * multiplied into prod_g, prod_g2 and 0 returned.  With FACTORS_CHECKED,
+ * sets bad where a factor leaves vm::log_sum_normal's range (nothing is
+ * multiplied in then); the other bounds (products only) need no check, and
+ * near one no choice between 1 + q and the factor itself either. */
+template <bool PROD, bool RENORM, int FACTORS, typename T>
 PFC_VM_INLINE T radial_log_det_row(T s, T beta, T inv, T u, T v, T gr, T dim_minus_1, bool& bad,
                                    int r, LogProduct<T> prod_g, LogProduct<T> prod_g2) {
     using vm::detail::select_;
+    static_assert(FACTORS == FACTORS_CHECKED || (PROD && !RENORM),
+                  "unchecked factors go into products kept in range");
     const T q = beta * inv, q2 = q * v;         /* g - 1, g2 - 1 */
-    if constexpr (NEAR) {
-        static_assert(PROD && !RENORM, "NEAR multiplies into products kept in range");
+    if constexpr (FACTORS == FACTORS_NEAR_ONE) {
         log_product_mul<false>(prod_g, r, q, T(1), true, !bad);
         log_product_mul<false>(prod_g2, r, q2, T(1), true, !bad);
         return T(0);
@@ -679,7 +688,9 @@ PFC_VM_INLINE T radial_log_det_row(T s, T beta, T inv, T u, T v, T gr, T dim_min
     const bool n1 = q > T(-0.5), n2 = q2 > T(-0.5);
     const T u1 = T(1) + q, u2 = T(1) + q2;
     const T a1 = select_(n1, u1, gr), a2 = select_(n2, u2, g2);
-    bad = bad | !(vm::log_sum_in_range(a1) & vm::log_sum_in_range(a2));
+    if (FACTORS == FACTORS_CHECKED) {
+        bad = bad | !(vm::log_sum_in_range(a1) & vm::log_sum_in_range(a2));
+    }
     /* For dim = 1, g's factor or logarithm is multiplied by dim - 1 = 0
      * (the products' flush weighs prod_g by it); both are finite where the
      * row is not flagged.  (Masking with a separate `dim > 1` flag made
@@ -718,8 +729,9 @@ PFC_VM_INLINE T radial_root_row(T sqrt_alpha, T s, T rho) {
  * block_dist2: the block is read once for both, each row group's factors
  * and sums in registers, and through a run of radial layers a row-layer
  * costs two FMAs per dimension instead of two subtractions and two FMAs
- * (with radial_factors_near_one, a 16-layer radial forward of 65,536 rows
- * went from 1.05 to 0.89 ms in float32 and from 2.18 to 2.03 ms in float64).
+ * (with the near-one products of radial_factors_bound, a 16-layer radial
+ * forward of 65,536 rows went from 1.05 to 0.89 ms in float32 and from
+ * 2.18 to 2.03 ms in float64).
  * With FLAGGED, rows with flag[r] != 0 keep their input, made absolute, for
  * the row function (their dist2 is left to it); every other row gets the
  * same numbers with or without flagged rows beside it. */
@@ -793,13 +805,12 @@ PFC_VM_INLINE void radial_update(bool centred, const T* z0, int dim, const T* in
  * -- for the inverse the root of r^2 + (s - rho) r - alpha rho = 0 with
  * rho = |x - z0| (radial_solve_r without branches) -- and the factor
  * f = g = 1 + beta h at r (1 / g for the inverse); with LD the forward
- * log-determinant at r in ldk (or, with PROD, its factors multiplied into
- * prod_g, prod_g2 and ldk = 0; with NEAR, for a layer whose factors are all
- * near one, radial_factors_near_one, without their range checks).  Rows
+ * log-determinant at r in ldk, or with PROD its factors multiplied into
+ * prod_g, prod_g2 (checked as FACTORS says: radial_log_det_row).  Rows
  * whose squared distance under- or overflows, or whose log arguments leave
  * vm::log_sum_normal's range (degenerate parameters, NaN rows, an inverse
  * at x = z0), get flag = 1 and are counted in the result. */
-template <bool INVERSE, bool LD, int R, bool PROD, bool RENORM, bool NEAR, typename T>
+template <bool INVERSE, bool LD, int R, bool PROD, bool RENORM, int FACTORS, typename T>
 PFC_VM_INLINE int radial_factors_block(const T* work, const T* dist2, int dim, T* f, T* ldk,
                                        T* flag, LogProduct<T> prod_g, LogProduct<T> prod_g2) {
     using vm::detail::select_;
@@ -817,8 +828,10 @@ PFC_VM_INLINE int radial_factors_block(const T* work, const T* dist2, int dim, T
         const T gr = s * inv + u;                   /* 1 + beta h */
         bool bad = (ss < tiny) | (ss > huge);
         if (LD) {
-            ldk[r] = radial_log_det_row<PROD, RENORM, NEAR>(s, beta, inv, u, v, gr, dim_minus_1,
-                                                            bad, r, prod_g, prod_g2);
+            const T l = radial_log_det_row<PROD, RENORM, FACTORS>(s, beta, inv, u, v, gr,
+                                                                  dim_minus_1, bad, r, prod_g,
+                                                                  prod_g2);
+            if (!PROD) ldk[r] = l;
         }
         f[r] = INVERSE ? T(1) / gr : gr;
         nbad += bad;
@@ -827,14 +840,18 @@ PFC_VM_INLINE int radial_factors_block(const T* work, const T* dist2, int dim, T
     return nbad;
 }
 
-/* Whether every factor of a radial layer, g = 1 + beta h and g2 = 1 + beta
- * (h + h' r) with h = 1 / (alpha + r), is near one and in
- * vm::log_sum_normal's range at every r >= 0: both lie between 1 and
- * 1 + beta / alpha, so beta / alpha > -1/2 (s > alpha / 2). */
+/* The bound on a radial layer's factors g and g2: both lie between 1 and
+ * 1 + beta / alpha = s / alpha at every r, so they are near one where
+ * beta / alpha > -1/2 (and below 2^60), and in vm::log_sum_normal's range
+ * where s / alpha is, with a margin of 2^10 for their rounding. */
 template <typename T>
-PFC_VM_INLINE bool radial_factors_near_one(const T* work) {
-    const T alpha = work[0], beta = work[2];
-    return (beta > T(-0.5) * alpha) & (beta < T(0x1p60) * alpha);
+PFC_VM_INLINE int radial_factors_bound(const T* work) {
+    const T alpha = work[0], s = work[1], beta = work[2];
+    if ((beta > T(-0.5) * alpha) & (beta < T(0x1p60) * alpha)) return FACTORS_NEAR_ONE;
+    const T ratio = s / alpha;
+    return vm::log_sum_in_range(T(0x1p-10) * ratio) & vm::log_sum_in_range(T(0x1p10) * ratio)
+               ? FACTORS_IN_RANGE
+               : FACTORS_CHECKED;
 }
 
 /* A radial layer on a block (radial_forward_row, or with INVERSE
@@ -867,20 +884,28 @@ PFC_VM_INLINE bool radial_map_chain(ChainLogDet<T>* lds, const T* work, int dim,
     const LogProduct<T> none = {};
     int nbad;
     if (!lds) {
-        nbad = radial_factors_block<INVERSE, false, R, false, false, false>(
+        nbad = radial_factors_block<INVERSE, false, R, false, false, FACTORS_CHECKED>(
             work, dist2, dim, f, ldk, flag, none, none);
     } else if (!lds->product) {
-        nbad = radial_factors_block<INVERSE, true, R, false, false, false>(
+        nbad = radial_factors_block<INVERSE, true, R, false, false, FACTORS_CHECKED>(
             work, dist2, dim, f, ldk, flag, none, none);
     } else if (lds->renormalise(work[1] / work[0], true)) {   /* s / alpha */
-        nbad = radial_factors_block<INVERSE, true, R, true, true, false>(
-            work, dist2, dim, f, ldk, flag, lds->weighted, lds->ones);
-    } else if (radial_factors_near_one(work)) {
-        nbad = radial_factors_block<INVERSE, true, R, true, false, true>(
+        nbad = radial_factors_block<INVERSE, true, R, true, true, FACTORS_CHECKED>(
             work, dist2, dim, f, ldk, flag, lds->weighted, lds->ones);
     } else {
-        nbad = radial_factors_block<INVERSE, true, R, true, false, false>(
-            work, dist2, dim, f, ldk, flag, lds->weighted, lds->ones);
+        switch (radial_factors_bound(work)) {
+            case FACTORS_NEAR_ONE:
+                nbad = radial_factors_block<INVERSE, true, R, true, false, FACTORS_NEAR_ONE>(
+                    work, dist2, dim, f, ldk, flag, lds->weighted, lds->ones);
+                break;
+            case FACTORS_IN_RANGE:
+                nbad = radial_factors_block<INVERSE, true, R, true, false, FACTORS_IN_RANGE>(
+                    work, dist2, dim, f, ldk, flag, lds->weighted, lds->ones);
+                break;
+            default:
+                nbad = radial_factors_block<INVERSE, true, R, true, false, FACTORS_CHECKED>(
+                    work, dist2, dim, f, ldk, flag, lds->weighted, lds->ones);
+        }
     }
     if (nbad == 0) {
         radial_update<false, !INVERSE, R>(centred, z0, dim, in, out, f, flag, next_z0, dist2);
@@ -890,8 +915,13 @@ PFC_VM_INLINE bool radial_map_chain(ChainLogDet<T>* lds, const T* work, int dim,
             if (flag[r] == T(0)) continue;
             for (int i = 0; i < dim; ++i) row[i] = PFC_XT(out, i, r);
             /* radial_inverse_row returns log_det_inv, minus the forward's */
-            ldk[r] = INVERSE ? -radial_inverse_row(work, dim, row, row)
-                             : radial_forward_row(work, dim, row, row);
+            const T l = INVERSE ? -radial_inverse_row(work, dim, row, row)
+                                : radial_forward_row(work, dim, row, row);
+            if (lds && lds->product) {
+                ld[r] += l;
+            } else {
+                ldk[r] = l;
+            }
             T ss = T(0);
             for (int i = 0; i < dim; ++i) {
                 const T y = next_z0 ? row[i] - next_z0[i] : row[i];
@@ -901,7 +931,7 @@ PFC_VM_INLINE bool radial_map_chain(ChainLogDet<T>* lds, const T* work, int dim,
             dist2[r] = ss;
         }
     }
-    if (lds && (!lds->product || nbad != 0)) {   /* with products only flagged rows have one */
+    if (lds && !lds->product) {
         for (int r = 0; r < R; ++r) ld[r] += ldk[r];
     }
     return next_z0 != nullptr;
