@@ -449,6 +449,15 @@ PFC_VM_INLINE bool planar_log_d_row(T c, T sp, T tr, T hp, int r, T* log_det,
     return ok;
 }
 
+/* What a layer's parameters guarantee of its log-determinant factors at
+ * every point (planar_factors_bound, radial_factors_bound): nothing, so
+ * each row's are checked against vm::log_sum_normal's range; that they lie
+ * in that range; or also that they are near one, 1 + q with q > -1/2.
+ * The last two hold for most layers of a trained or randomly initialised
+ * flow, and their product sweeps (PROD without RENORM) leave out the range
+ * checks and flags, near one also the choice of each factor's form. */
+enum { FACTORS_CHECKED, FACTORS_IN_RANGE, FACTORS_NEAR_ONE };
+
 /* log_det += log D (or, with PROD, D multiplied into `prod`) for every row
  * from t and hp: log1p(q) while q = hp c > -1/2 (relative accuracy far into
  * the tails, D -> 1), the log of the sum of squares below (D -> 0 without
@@ -456,23 +465,31 @@ PFC_VM_INLINE bool planar_log_d_row(T c, T sp, T tr, T hp, int r, T* log_det,
  * of vm::log_sum_normal's range (D or 1 + hp c subnormal, huge, inf or NaN:
  * degenerate parameters or a NaN row) are flagged and their log D added by
  * planar_log_d.  flag: scratch.
- * With NEAR (PROD without RENORM; planar_factors_near_one(c)) every row's factor is
- * 1 + q, so the sums of squares, the range checks and the flags are left
- * out: 117 -> 41 cycles per float32 block and layer (a NaN row carries its
- * NaN through Q to the logarithm, as the flagged row would through
- * planar_log_d).
+ * FACTORS (PROD without RENORM, planar_factors_bound) can spare the checks:
+ * in range, every row's factor goes into the products; near one, it is
+ * 1 + q, without the sums of squares either: 117 -> 41 cycles per float32
+ * block and layer.  (A NaN row carries its NaN through the products to
+ * the logarithm, as the flagged row would through planar_log_d.)
  * This runs as a sweep of its own after planar_act_block's: fused into one
  * loop, the two kept too many values live (gcc spilled them to the stack)
  * and one long dependency chain per row; apart, a 16-layer planar forward
  * is 9-13% faster. */
-template <int R, bool PROD, bool RENORM, bool NEAR, typename T>
+template <int R, bool PROD, bool RENORM, int FACTORS, typename T>
 PFC_VM_INLINE void planar_logdet_block(const T* work, int dim, const T* t, const T* hp,
                                        T* log_det, T* flag, LogProduct<T> prod) {
+    static_assert(FACTORS == FACTORS_CHECKED || (PROD && !RENORM),
+                  "unchecked factors go into products kept in range");
     const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
-    if constexpr (NEAR) {
-        static_assert(PROD && !RENORM, "NEAR multiplies into products kept in range");
+    if constexpr (FACTORS == FACTORS_NEAR_ONE) {
         PFC_VM_PRAGMA_SIMD
         for (int r = 0; r < R; ++r) log_product_mul<false>(prod, r, hp[r] * c, T(1), true, true);
+        return;
+    } else if constexpr (FACTORS == FACTORS_IN_RANGE) {
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < R; ++r) {
+            const T q = hp[r] * c;
+            log_product_mul<false>(prod, r, q, t[r] * t[r] + hp[r] * sp, q > T(-0.5), true);
+        }
         return;
     }
     int nout = 0;
@@ -489,13 +506,15 @@ PFC_VM_INLINE void planar_logdet_block(const T* work, int dim, const T* t, const
     }
 }
 
-/* Whether every factor D = 1 + hp c of a planar layer with this c is near
- * one (q = hp c > -1/2) and in vm::log_sum_normal's range for any hp in
- * [0, 1]: c = softplus(w.u) - 1 > -1/2, i.e. w.u > -0.43, which holds for
- * most layers of a trained or randomly initialised flow. */
+/* The bound on a planar layer's factors D = 1 + hp c = t^2 + hp sp
+ * (sp = 1 + c) for hp in [0, 1]: near one where c = softplus(w.u) - 1 >
+ * -1/2 (w.u > -0.43; and c < 2^60), in vm::log_sum_normal's range where
+ * D's least value, sp (c < 0), is, with a margin of 2^10 for rounding. */
 template <typename T>
-PFC_VM_INLINE bool planar_factors_near_one(T c) {
-    return (c > T(-0.5)) & (c < T(0x1p60));
+PFC_VM_INLINE int planar_factors_bound(T c, T sp) {
+    if ((c > T(-0.5)) & (c < T(0x1p60))) return FACTORS_NEAR_ONE;
+    return (c < T(0)) & vm::log_sum_in_range(T(0x1p-10) * sp) ? FACTORS_IN_RANGE
+                                                               : FACTORS_CHECKED;
 }
 
 /* planar_logdet_block into a chain's ld or its products (ChainLogDet). */
@@ -503,15 +522,27 @@ template <int R, typename T>
 PFC_VM_INLINE void planar_logdet_chain(ChainLogDet<T>& lds, const T* work, int dim,
                                        const T* t, const T* hp, T* ld, T* flag) {
     if (!lds.product) {
-        planar_logdet_block<R, false, false, false>(work, dim, t, hp, ld, flag, lds.ones);
+        planar_logdet_block<R, false, false, FACTORS_CHECKED>(work, dim, t, hp, ld, flag,
+                                                              lds.ones);
         return;
     }
-    if (lds.renormalise(work[2 * dim + 2], false)) {   /* sp */
-        planar_logdet_block<R, true, true, false>(work, dim, t, hp, ld, flag, lds.ones);
-    } else if (planar_factors_near_one(work[2 * dim + 1])) {
-        planar_logdet_block<R, true, false, true>(work, dim, t, hp, ld, flag, lds.ones);
-    } else {
-        planar_logdet_block<R, true, false, false>(work, dim, t, hp, ld, flag, lds.ones);
+    const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
+    if (lds.renormalise(sp, false)) {
+        planar_logdet_block<R, true, true, FACTORS_CHECKED>(work, dim, t, hp, ld, flag, lds.ones);
+        return;
+    }
+    switch (planar_factors_bound(c, sp)) {
+        case FACTORS_NEAR_ONE:
+            planar_logdet_block<R, true, false, FACTORS_NEAR_ONE>(work, dim, t, hp, ld, flag,
+                                                                  lds.ones);
+            break;
+        case FACTORS_IN_RANGE:
+            planar_logdet_block<R, true, false, FACTORS_IN_RANGE>(work, dim, t, hp, ld, flag,
+                                                                  lds.ones);
+            break;
+        default:
+            planar_logdet_block<R, true, false, FACTORS_CHECKED>(work, dim, t, hp, ld, flag,
+                                                                 lds.ones);
     }
 }
 
@@ -657,12 +688,6 @@ PFC_VM_INLINE void block_dist2_dot(const T* z0, int dim, const T* vt, const T* g
     }
 #endif
 }
-
-/* What a radial layer's parameters guarantee of its factors g = 1 + beta h
- * and g2 = 1 + beta (h + h' r), h = 1 / (alpha + r), at every r >= 0
- * (radial_factors_bound): nothing (each row is checked), that they lie in
- * vm::log_sum_normal's range, or also that they are near one. */
-enum { FACTORS_CHECKED, FACTORS_IN_RANGE, FACTORS_NEAR_ONE };
 
 /* The log-determinant of a radial layer at one row, from inv = 1/(alpha + r),
  * u = r inv, v = alpha inv and g = 1 + beta inv: (dim - 1) log g + log g2,
