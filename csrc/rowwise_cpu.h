@@ -14,8 +14,10 @@
  *      of pfc::vm functions (branch-free, a few ulps), which the compiler
  *      turns into AVX2 / AVX-512 code,
  *   3. the row update x += coefficient * vector; for a planar layer followed
- *      by another the same pass also forms the next layer's w.x + b, so the
- *      block is read once per layer.
+ *      by another the same pass also forms the next layer's w.x + b, and
+ *      through a run of radial layers, the block kept relative to the next
+ *      layer's centre, the next |x - z0'|^2, so the block is read once per
+ *      layer.
  * Meanwhile the next block's rows are prefetched, a slice per layer.
  *
  * The block kernels are compiled three times (baseline x86-64, AVX2+FMA,
@@ -32,7 +34,9 @@
  *     both through one vm::log_sum_normal (log(u) + c/u with u = fl(1 + q)
  *     and c its rounding error is log1p(q)), one more division.  In a chain
  *     with several planar or radial layers the factors are multiplied up
- *     instead and one or two logarithms per row end the block (LogProduct).
+ *     instead and one or two logarithms per row end the block (LogProduct);
+ *     where a layer's parameters bound its factors (near one, or in range:
+ *     FACTORS_*), their sweep leaves out the per-row range checks.
  *   radial: log g and log g2 (each log1p(beta h) resp. log1p(beta h v) near
  *     1, as radial_eval) share the division of vm::log_sum2_normal.
  * Rows the branch-free forms do not cover are flagged in the simd loop and
