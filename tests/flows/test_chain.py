@@ -341,6 +341,43 @@ def test_radial_run_is_as_accurate_as_its_layers(regime, dtype):
         assert np.all(np.abs(x - x_wide) <= bound)
 
 
+def layer_with_least_factor(kind, dim, least, rng, dtype):
+    """A planar layer with sp = 1 + c = least, or a radial one with s/alpha
+    = least: the least value its log-determinant factors take."""
+    if kind == "planar":
+        w = np.eye(dim)[0]
+        params = np.concatenate([np.log(np.expm1(least)) * w, w, [0.1]])
+    else:
+        params = np.concatenate([[0.0, np.log(np.expm1(least))], rng.normal(0.0, 0.3, dim)])
+    flow = (pf.Planar if kind == "planar" else pf.Radial)(dim, dtype=dtype)
+    flow.set_params(params)
+    return flow
+
+
+@pytest.mark.parametrize("kind", ["planar", "radial"])
+@pytest.mark.parametrize("dtype,least", [("float32", 2.0**-95), ("float32", 2.0**-85),
+                                         ("float64", 2.0**-995), ("float64", 2.0**-985)])
+def test_factor_bounds_at_the_range_edge(kind, dtype, least):
+    # A layer whose least factor sits just outside (checked row by row) or
+    # just inside (planar_factors_bound / radial_factors_bound: in range)
+    # log_sum_normal's range with the bound's 2^10 margin.  Its log-det
+    # terms are huge (-65 per dimension in float32) beside the others', so
+    # the chain's log_det is held to a few ulps of the terms' magnitudes.
+    dim, rng = 6, np.random.default_rng(1)
+    layers = [layer_with_least_factor(kind, dim, least, rng, dtype),
+              radial_with_ratio(dim, -0.7, rng, dtype), radial_with_ratio(dim, 2.0, rng, dtype)]
+    z = (0.5 * rng.standard_normal((300, dim))).astype(dtype)
+    x_ref, ld_ref, ld_terms = z, np.zeros(len(z)), np.zeros(len(z))
+    for flow in layers:
+        x_ref, ld = flow.forward(x_ref)
+        ld_ref += ld
+        ld_terms += np.abs(ld)
+    x, log_det = pf.Chain(layers).forward(z)
+    eps = np.finfo(dtype).eps
+    assert np.all(np.abs(log_det - ld_ref) <= 4 * eps * ld_terms)
+    assert np.all(np.abs(x - x_ref) <= 4 * eps * (1 + np.abs(x_ref).max(axis=1, keepdims=True)))
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", ["planar_mixed", "radial_mixed"])
 def test_non_finite_rows_in_a_block_only_affect_themselves(name, dtype):
