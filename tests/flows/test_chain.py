@@ -360,9 +360,11 @@ def layer_with_least_factor(kind, dim, least, rng, dtype):
 def test_factor_bounds_at_the_range_edge(kind, dtype, least):
     # A layer whose least factor sits just outside (checked row by row) or
     # just inside (planar_factors_bound / radial_factors_bound: in range)
-    # log_sum_normal's range with the bound's 2^10 margin.  Its log-det
-    # terms are huge (-65 per dimension in float32) beside the others', so
-    # the chain's log_det is held to a few ulps of the terms' magnitudes.
+    # log_sum_normal's range with the bound's 2^10 margin; in float64 such
+    # a bound also renormalises the products at that layer, which checks
+    # its rows either way.  Its log-det terms are huge (-65 per dimension
+    # in float32) beside the others', so the chain's log_det is held to a
+    # few ulps of the terms' magnitudes.
     dim, rng = 6, np.random.default_rng(1)
     layers = [layer_with_least_factor(kind, dim, least, rng, dtype),
               radial_with_ratio(dim, -0.7, rng, dtype), radial_with_ratio(dim, 2.0, rng, dtype)]
@@ -381,9 +383,10 @@ def test_factor_bounds_at_the_range_edge(kind, dtype, least):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", ["planar_mixed", "radial_mixed"])
 def test_non_finite_rows_in_a_block_only_affect_themselves(name, dtype):
-    # The mixed chains hold layers whose factors are all near one (their
-    # products skip the range checks: a NaN is carried through Q to the
-    # logarithm) beside layers whose rows are checked and flagged.  A NaN
+    # The mixed chains hold layers whose factors are near one or bounded in
+    # range (their products skip the range checks: a NaN is carried through
+    # the products to the logarithm) beside, in float32, layers whose
+    # products renormalise and whose rows are checked and flagged.  A NaN
     # row must come out NaN, log-determinant included, and leave every
     # other row of its block exactly as without it.
     build = planar_regime_layers if name.startswith("planar") else radial_regime_layers
