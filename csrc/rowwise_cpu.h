@@ -367,6 +367,15 @@ PFC_VM_INLINE int log2_magnitude(T x) {
     return (e < 0 ? -e : e) + 1;
 }
 
+/* How a layer's log-determinant factors go into a chain's products
+ * (ChainLogDet::layer_factors): each row's checked against
+ * vm::log_sum_normal's range; the same with the products renormalised at
+ * this layer; or, where the layer's parameters bound its factors, with no
+ * checks and no flags: in that range, or also near one, 1 + q with
+ * q > -1/2, without the choice of each factor's form either.  The last two
+ * hold for most layers of a trained or randomly initialised flow. */
+enum { FACTORS_CHECKED, FACTORS_RENORMALISE, FACTORS_IN_RANGE, FACTORS_NEAR_ONE };
+
 /* A block's log-determinants through a chain: ld summed layer by layer,
  * and, when the chain has several planar or radial layers, their factors
  * in two products (weight 1: planar D, radial g2; weight dim - 1: radial
@@ -402,6 +411,21 @@ struct ChainLogDet {
         span_ones = renorm ? 1 : span_ones + n;
         if (both) span_weighted = renorm ? 1 : span_weighted + n;
         return renorm;
+    }
+
+    /* The FACTORS_* way of a layer whose factors lie between 1 and
+     * g_bound = 1 + q_bound (a planar layer: c and sp, whose D = 1 + hp c =
+     * t^2 + hp sp for hp in [0, 1]; a radial one: beta / alpha and
+     * s / alpha, as g and g2 at every r >= 0), renormalise()'s decision
+     * first.  Near one where q_bound lies in (-1/2, 2^60); in range where
+     * g_bound does, with a margin of 2^10 for the factors' rounding. */
+    int layer_factors(T q_bound, T g_bound, bool both) {
+        if (renormalise(g_bound, both)) return FACTORS_RENORMALISE;
+        if ((q_bound > T(-0.5)) & (q_bound < T(0x1p60))) return FACTORS_NEAR_ONE;
+        return vm::log_sum_in_range(T(0x1p-10) * g_bound) &
+                       vm::log_sum_in_range(T(0x1p10) * g_bound)
+                   ? FACTORS_IN_RANGE
+                   : FACTORS_CHECKED;
     }
 };
 
@@ -453,15 +477,6 @@ PFC_VM_INLINE bool planar_log_d_row(T c, T sp, T tr, T hp, int r, T* log_det,
     return ok;
 }
 
-/* What a layer's parameters guarantee of its log-determinant factors at
- * every point (planar_factors_bound, radial_factors_bound): nothing, so
- * each row's are checked against vm::log_sum_normal's range; that they lie
- * in that range; or also that they are near one, 1 + q with q > -1/2.
- * The last two hold for most layers of a trained or randomly initialised
- * flow, and their product sweeps (PROD without RENORM) leave out the range
- * checks and flags, near one also the choice of each factor's form. */
-enum { FACTORS_CHECKED, FACTORS_IN_RANGE, FACTORS_NEAR_ONE };
-
 /* log_det += log D (or, with PROD, D multiplied into `prod`) for every row
  * from t and hp: log1p(q) while q = hp c > -1/2 (relative accuracy far into
  * the tails, D -> 1), the log of the sum of squares below (D -> 0 without
@@ -469,20 +484,20 @@ enum { FACTORS_CHECKED, FACTORS_IN_RANGE, FACTORS_NEAR_ONE };
  * of vm::log_sum_normal's range (D or 1 + hp c subnormal, huge, inf or NaN:
  * degenerate parameters or a NaN row) are flagged and their log D added by
  * planar_log_d.  flag: scratch.
- * FACTORS (PROD without RENORM, planar_factors_bound) can spare the checks:
- * in range, every row's factor goes into the products; near one, it is
- * 1 + q, without the sums of squares either: 117 -> 41 cycles per float32
- * block and layer.  (A NaN row carries its NaN through the products to
+ * FACTORS (ChainLogDet::layer_factors; without PROD, FACTORS_CHECKED) can
+ * spare the checks: in range, every row's factor goes into the products;
+ * near one, it is 1 + q, without the sums of squares either: 117 -> 41
+ * cycles per float32 block and layer.  (A NaN row carries its NaN through the products to
  * the logarithm, as the flagged row would through planar_log_d.)
  * This runs as a sweep of its own after planar_act_block's: fused into one
  * loop, the two kept too many values live (gcc spilled them to the stack)
  * and one long dependency chain per row; apart, a 16-layer planar forward
  * is 9-13% faster. */
-template <int R, bool PROD, bool RENORM, int FACTORS, typename T>
+template <int R, bool PROD, int FACTORS, typename T>
 PFC_VM_INLINE void planar_logdet_block(const T* work, int dim, const T* t, const T* hp,
                                        T* log_det, T* flag, LogProduct<T> prod) {
-    static_assert(FACTORS == FACTORS_CHECKED || (PROD && !RENORM),
-                  "unchecked factors go into products kept in range");
+    static_assert(PROD || FACTORS == FACTORS_CHECKED, "the FACTORS_* ways are the products'");
+    constexpr bool RENORM = FACTORS == FACTORS_RENORMALISE;
     const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
     if constexpr (FACTORS == FACTORS_NEAR_ONE) {
         PFC_VM_PRAGMA_SIMD
@@ -510,43 +525,28 @@ PFC_VM_INLINE void planar_logdet_block(const T* work, int dim, const T* t, const
     }
 }
 
-/* The bound on a planar layer's factors D = 1 + hp c = t^2 + hp sp
- * (sp = 1 + c) for hp in [0, 1]: near one where c = softplus(w.u) - 1 >
- * -1/2 (w.u > -0.43; and c < 2^60), in vm::log_sum_normal's range where
- * D's least value, sp (c < 0), is, with a margin of 2^10 for rounding. */
-template <typename T>
-PFC_VM_INLINE int planar_factors_bound(T c, T sp) {
-    if ((c > T(-0.5)) & (c < T(0x1p60))) return FACTORS_NEAR_ONE;
-    return (c < T(0)) & vm::log_sum_in_range(T(0x1p-10) * sp) ? FACTORS_IN_RANGE
-                                                               : FACTORS_CHECKED;
-}
-
 /* planar_logdet_block into a chain's ld or its products (ChainLogDet). */
 template <int R, typename T>
 PFC_VM_INLINE void planar_logdet_chain(ChainLogDet<T>& lds, const T* work, int dim,
                                        const T* t, const T* hp, T* ld, T* flag) {
     if (!lds.product) {
-        planar_logdet_block<R, false, false, FACTORS_CHECKED>(work, dim, t, hp, ld, flag,
-                                                              lds.ones);
+        planar_logdet_block<R, false, FACTORS_CHECKED>(work, dim, t, hp, ld, flag, lds.ones);
         return;
     }
-    const T c = work[2 * dim + 1], sp = work[2 * dim + 2];
-    if (lds.renormalise(sp, false)) {
-        planar_logdet_block<R, true, true, FACTORS_CHECKED>(work, dim, t, hp, ld, flag, lds.ones);
-        return;
-    }
-    switch (planar_factors_bound(c, sp)) {
+    /* c (w.u > -0.43 makes it near one) and sp */
+    switch (lds.layer_factors(work[2 * dim + 1], work[2 * dim + 2], false)) {
         case FACTORS_NEAR_ONE:
-            planar_logdet_block<R, true, false, FACTORS_NEAR_ONE>(work, dim, t, hp, ld, flag,
-                                                                  lds.ones);
+            planar_logdet_block<R, true, FACTORS_NEAR_ONE>(work, dim, t, hp, ld, flag, lds.ones);
             break;
         case FACTORS_IN_RANGE:
-            planar_logdet_block<R, true, false, FACTORS_IN_RANGE>(work, dim, t, hp, ld, flag,
-                                                                  lds.ones);
+            planar_logdet_block<R, true, FACTORS_IN_RANGE>(work, dim, t, hp, ld, flag, lds.ones);
+            break;
+        case FACTORS_RENORMALISE:
+            planar_logdet_block<R, true, FACTORS_RENORMALISE>(work, dim, t, hp, ld, flag,
+                                                              lds.ones);
             break;
         default:
-            planar_logdet_block<R, true, false, FACTORS_CHECKED>(work, dim, t, hp, ld, flag,
-                                                                 lds.ones);
+            planar_logdet_block<R, true, FACTORS_CHECKED>(work, dim, t, hp, ld, flag, lds.ones);
     }
 }
 
@@ -697,16 +697,17 @@ PFC_VM_INLINE void block_dist2_dot(const T* z0, int dim, const T* vt, const T* g
  * u = r inv, v = alpha inv and g = 1 + beta inv: (dim - 1) log g + log g2,
  * each log1p(beta h) resp. log1p(beta h v) near 1 (as radial_eval), the
  * two sharing the division of vm::log_sum2_normal; or, with PROD, g and g2
- * multiplied into prod_g, prod_g2 and 0 returned.  With FACTORS_CHECKED,
- * sets bad where a factor leaves vm::log_sum_normal's range (nothing is
- * multiplied in then); the other bounds (products only) need no check, and
- * near one no choice between 1 + q and the factor itself either. */
-template <bool PROD, bool RENORM, int FACTORS, typename T>
+ * multiplied into prod_g, prod_g2 and 0 returned.  Where FACTORS (the
+ * products' way, ChainLogDet::layer_factors) checks them, sets bad where a
+ * factor leaves vm::log_sum_normal's range (nothing is multiplied in then);
+ * in range needs no check, and near one no choice between 1 + q and the
+ * factor itself either. */
+template <bool PROD, int FACTORS, typename T>
 PFC_VM_INLINE T radial_log_det_row(T s, T beta, T inv, T u, T v, T gr, T dim_minus_1, bool& bad,
                                    int r, LogProduct<T> prod_g, LogProduct<T> prod_g2) {
     using vm::detail::select_;
-    static_assert(FACTORS == FACTORS_CHECKED || (PROD && !RENORM),
-                  "unchecked factors go into products kept in range");
+    static_assert(PROD || FACTORS == FACTORS_CHECKED, "the FACTORS_* ways are the products'");
+    constexpr bool RENORM = FACTORS == FACTORS_RENORMALISE;
     const T q = beta * inv, q2 = q * v;         /* g - 1, g2 - 1 */
     if constexpr (FACTORS == FACTORS_NEAR_ONE) {
         log_product_mul<false>(prod_g, r, q, T(1), true, !bad);
@@ -717,7 +718,7 @@ PFC_VM_INLINE T radial_log_det_row(T s, T beta, T inv, T u, T v, T gr, T dim_min
     const bool n1 = q > T(-0.5), n2 = q2 > T(-0.5);
     const T u1 = T(1) + q, u2 = T(1) + q2;
     const T a1 = select_(n1, u1, gr), a2 = select_(n2, u2, g2);
-    if (FACTORS == FACTORS_CHECKED) {
+    if (FACTORS == FACTORS_CHECKED || RENORM) {
         bad = bad | !(vm::log_sum_in_range(a1) & vm::log_sum_in_range(a2));
     }
     /* For dim = 1, g's factor or logarithm is multiplied by dim - 1 = 0
@@ -758,9 +759,9 @@ PFC_VM_INLINE T radial_root_row(T sqrt_alpha, T s, T rho) {
  * block_dist2: the block is read once for both, each row group's factors
  * and sums in registers, and through a run of radial layers a row-layer
  * costs two FMAs per dimension instead of two subtractions and two FMAs
- * (with the near-one products of radial_factors_bound, a 16-layer radial
- * forward of 65,536 rows went from 1.05 to 0.89 ms in float32 and from
- * 2.18 to 2.03 ms in float64).
+ * (with the near-one products of ChainLogDet::layer_factors, a 16-layer
+ * radial forward of 65,536 rows went from 1.05 to 0.89 ms in float32 and
+ * from 2.18 to 2.03 ms in float64).
  * With FLAGGED, rows with flag[r] != 0 keep their input, made absolute, for
  * the row function (their dist2 is left to it); every other row gets the
  * same numbers with or without flagged rows beside it. */
@@ -835,11 +836,11 @@ PFC_VM_INLINE void radial_update(bool centred, const T* z0, int dim, const T* in
  * rho = |x - z0| (radial_solve_r without branches) -- and the factor
  * f = g = 1 + beta h at r (1 / g for the inverse); with LD the forward
  * log-determinant at r in ldk, or with PROD its factors multiplied into
- * prod_g, prod_g2 (checked as FACTORS says: radial_log_det_row).  Rows
+ * prod_g, prod_g2 (as FACTORS says: radial_log_det_row).  Rows
  * whose squared distance under- or overflows, or whose log arguments leave
  * vm::log_sum_normal's range (degenerate parameters, NaN rows, an inverse
  * at x = z0), get flag = 1 and are counted in the result. */
-template <bool INVERSE, bool LD, int R, bool PROD, bool RENORM, int FACTORS, typename T>
+template <bool INVERSE, bool LD, int R, bool PROD, int FACTORS, typename T>
 PFC_VM_INLINE int radial_factors_block(const T* work, const T* dist2, int dim, T* f, T* ldk,
                                        T* flag, LogProduct<T> prod_g, LogProduct<T> prod_g2) {
     using vm::detail::select_;
@@ -857,9 +858,8 @@ PFC_VM_INLINE int radial_factors_block(const T* work, const T* dist2, int dim, T
         const T gr = s * inv + u;                   /* 1 + beta h */
         bool bad = (ss < tiny) | (ss > huge);
         if (LD) {
-            const T l = radial_log_det_row<PROD, RENORM, FACTORS>(s, beta, inv, u, v, gr,
-                                                                  dim_minus_1, bad, r, prod_g,
-                                                                  prod_g2);
+            const T l = radial_log_det_row<PROD, FACTORS>(s, beta, inv, u, v, gr, dim_minus_1,
+                                                          bad, r, prod_g, prod_g2);
             if (!PROD) ldk[r] = l;
         }
         f[r] = INVERSE ? T(1) / gr : gr;
@@ -867,20 +867,6 @@ PFC_VM_INLINE int radial_factors_block(const T* work, const T* dist2, int dim, T
         flag[r] = select_(bad, T(1), T(0));
     }
     return nbad;
-}
-
-/* The bound on a radial layer's factors g and g2: both lie between 1 and
- * 1 + beta / alpha = s / alpha at every r, so they are near one where
- * beta / alpha > -1/2 (and below 2^60), and in vm::log_sum_normal's range
- * where s / alpha is, with a margin of 2^10 for their rounding. */
-template <typename T>
-PFC_VM_INLINE int radial_factors_bound(const T* work) {
-    const T alpha = work[0], s = work[1], beta = work[2];
-    if ((beta > T(-0.5) * alpha) & (beta < T(0x1p60) * alpha)) return FACTORS_NEAR_ONE;
-    const T ratio = s / alpha;
-    return vm::log_sum_in_range(T(0x1p-10) * ratio) & vm::log_sum_in_range(T(0x1p10) * ratio)
-               ? FACTORS_IN_RANGE
-               : FACTORS_CHECKED;
 }
 
 /* A radial layer on a block (radial_forward_row, or with INVERSE
@@ -913,27 +899,30 @@ PFC_VM_INLINE bool radial_map_chain(ChainLogDet<T>* lds, const T* work, int dim,
     const LogProduct<T> none = {};
     int nbad;
     if (!lds) {
-        nbad = radial_factors_block<INVERSE, false, R, false, false, FACTORS_CHECKED>(
+        nbad = radial_factors_block<INVERSE, false, R, false, FACTORS_CHECKED>(
             work, dist2, dim, f, ldk, flag, none, none);
     } else if (!lds->product) {
-        nbad = radial_factors_block<INVERSE, true, R, false, false, FACTORS_CHECKED>(
+        nbad = radial_factors_block<INVERSE, true, R, false, FACTORS_CHECKED>(
             work, dist2, dim, f, ldk, flag, none, none);
-    } else if (lds->renormalise(work[1] / work[0], true)) {   /* s / alpha */
-        nbad = radial_factors_block<INVERSE, true, R, true, true, FACTORS_CHECKED>(
-            work, dist2, dim, f, ldk, flag, lds->weighted, lds->ones);
     } else {
-        switch (radial_factors_bound(work)) {
+        const LogProduct<T> g = lds->weighted, g2 = lds->ones;
+        const T ratio = work[1] / work[0];   /* s / alpha = 1 + beta / alpha */
+        switch (lds->layer_factors(ratio - T(1), ratio, true)) {
             case FACTORS_NEAR_ONE:
-                nbad = radial_factors_block<INVERSE, true, R, true, false, FACTORS_NEAR_ONE>(
-                    work, dist2, dim, f, ldk, flag, lds->weighted, lds->ones);
+                nbad = radial_factors_block<INVERSE, true, R, true, FACTORS_NEAR_ONE>(
+                    work, dist2, dim, f, ldk, flag, g, g2);
                 break;
             case FACTORS_IN_RANGE:
-                nbad = radial_factors_block<INVERSE, true, R, true, false, FACTORS_IN_RANGE>(
-                    work, dist2, dim, f, ldk, flag, lds->weighted, lds->ones);
+                nbad = radial_factors_block<INVERSE, true, R, true, FACTORS_IN_RANGE>(
+                    work, dist2, dim, f, ldk, flag, g, g2);
+                break;
+            case FACTORS_RENORMALISE:
+                nbad = radial_factors_block<INVERSE, true, R, true, FACTORS_RENORMALISE>(
+                    work, dist2, dim, f, ldk, flag, g, g2);
                 break;
             default:
-                nbad = radial_factors_block<INVERSE, true, R, true, false, FACTORS_CHECKED>(
-                    work, dist2, dim, f, ldk, flag, lds->weighted, lds->ones);
+                nbad = radial_factors_block<INVERSE, true, R, true, FACTORS_CHECKED>(
+                    work, dist2, dim, f, ldk, flag, g, g2);
         }
     }
     if (nbad == 0) {

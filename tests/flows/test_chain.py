@@ -135,6 +135,17 @@ def test_gradient_sums_are_bitwise_reproducible():
     np.testing.assert_array_equal(chain.backward(z, g, 1.0)[1], first)
 
 
+def forward_layer_by_layer(layers, z):
+    """x and the log-determinants' sum and sum of magnitudes (float64) with
+    the layers run one at a time."""
+    x, ld_sum, ld_terms = z, np.zeros(len(z)), np.zeros(len(z))
+    for flow in layers:
+        x, ld = flow.forward(x)
+        ld_sum += ld
+        ld_terms += np.abs(ld)
+    return x, ld_sum, ld_terms
+
+
 def assert_chain_is_its_layers(layers, z):
     """The chain's forward against its layers run one at a time, their
     log-determinants summed in float64; relative accuracy of log_det (no
@@ -143,10 +154,7 @@ def assert_chain_is_its_layers(layers, z):
     the chain keeps the rows relative to the next layer's centre, rounded
     differently from the layers' own z0 + g (z - z0) (as accurately:
     test_radial_run_is_as_accurate_as_its_layers)."""
-    x_ref, ld_ref = z, np.zeros(len(z))
-    for flow in layers:
-        x_ref, ld = flow.forward(x_ref)
-        ld_ref += ld
+    x_ref, ld_ref, _ = forward_layer_by_layer(layers, z)
     x, log_det = pf.Chain(layers).forward(z)
     assert np.all(np.isfinite(log_det))
     rtol = 1e-13 if z.dtype == np.float64 else 1e-5
@@ -333,9 +341,7 @@ def test_radial_run_is_as_accurate_as_its_layers(regime, dtype):
     x_wide = z.astype(wide)
     for flow in layers:
         x_wide = radial_reference(flow.params.astype(wide), x_wide)[0]
-    x_layers = z
-    for flow in layers:
-        x_layers = flow.forward(x_layers)[0]
+    x_layers = forward_layer_by_layer(layers, z)[0]
     bound = len(layers) * np.finfo(dtype).eps * (1 + np.abs(x_wide).max(axis=1, keepdims=True))
     for x in (pf.Chain(layers).forward(z)[0], x_layers):
         assert np.all(np.abs(x - x_wide) <= bound)
@@ -359,7 +365,7 @@ def layer_with_least_factor(kind, dim, least, rng, dtype):
                                          ("float64", 2.0**-995), ("float64", 2.0**-985)])
 def test_factor_bounds_at_the_range_edge(kind, dtype, least):
     # A layer whose least factor sits just outside (checked row by row) or
-    # just inside (planar_factors_bound / radial_factors_bound: in range)
+    # just inside (ChainLogDet::layer_factors: FACTORS_IN_RANGE)
     # log_sum_normal's range with the bound's 2^10 margin; in float64 such
     # a bound also renormalises the products at that layer, which checks
     # its rows either way.  Its log-det terms are huge (-65 per dimension
@@ -369,11 +375,7 @@ def test_factor_bounds_at_the_range_edge(kind, dtype, least):
     layers = [layer_with_least_factor(kind, dim, least, rng, dtype),
               radial_with_ratio(dim, -0.7, rng, dtype), radial_with_ratio(dim, 2.0, rng, dtype)]
     z = (0.5 * rng.standard_normal((300, dim))).astype(dtype)
-    x_ref, ld_ref, ld_terms = z, np.zeros(len(z)), np.zeros(len(z))
-    for flow in layers:
-        x_ref, ld = flow.forward(x_ref)
-        ld_ref += ld
-        ld_terms += np.abs(ld)
+    x_ref, ld_ref, ld_terms = forward_layer_by_layer(layers, z)
     x, log_det = pf.Chain(layers).forward(z)
     eps = np.finfo(dtype).eps
     assert np.all(np.abs(log_det - ld_ref) <= 4 * eps * ld_terms)
