@@ -1008,10 +1008,12 @@ PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
  *   w'.(x + uhat t) + b' = (w'.x + b') + (w'.uhat) t,
  * so both layers' dot products come from x, in the sweep that wrote it, and
  * one sweep applies both updates (planar_sweep): the block is read and
- * written once per pair instead of once per layer (the sweep -37%, a
- * 16-layer float32 forward -10%; the sweep is then bound by its FMAs).  x
- * comes out rounded exactly as layer by layer; s' differs from w'.x' by a
- * rounding of the same order as x' itself carries.  Layers are paired from
+ * written once per pair instead of once per layer, and the sweep runs at
+ * its FMA bound (AMD Zen 4: a 16-layer forward -6% in float32 and float64,
+ * paired A/B on one thread).  x comes out rounded exactly as layer by
+ * layer; s' differs from w'.x' by a rounding of the same order as x'
+ * itself carries (tests: as accurate as the layers against the formula in
+ * wider precision).  Layers are paired from
  * the start of a run, an odd one left last: the number of planar layers from
  * layer k on that go together. */
 PFC_VM_INLINE int planar_group(const int* kinds, int K, int k) {
