@@ -82,8 +82,9 @@ enum { BLOCK_ROWS = 128, LANES = 16 };
  * x[r, i], so that every sweep runs along contiguous rows. */
 #define PFC_XT(xt, i, r) (xt)[(index_t)(i) * BLOCK_ROWS + (r)]
 
-/* GCC/clang vector extensions hold the transposes' 8 x 8 register tiles and
- * the per-row reductions' register sums (below); without them, or with
+/* GCC/clang vector extensions hold the transposes' 8 x 8 register tiles,
+ * a lone planar layer's row sums (lane_sums8) and, with wide_sums, the
+ * radial sweeps' register sums; without them, or with
  * PFC_NO_VECTOR_EXT, plain loops take their place.  vec<T, N>::type is N
  * values of T, split by the compiler into the registers of the copy being
  * compiled (one zmm, two ymm or four xmm for 64 bytes). */
@@ -96,6 +97,17 @@ struct vec {
 #else
 #define PFC_VECTOR_EXT 0
 #endif
+
+/* Whether the radial sweeps that sum over the dimensions (block_dist2,
+ * block_dist2_dot, radial_update_block) keep four 64-byte vectors of rows
+ * in registers: only where the block kernels run their AVX-512 copy, whose
+ * 32 vector registers hold them.  The AVX2 copy's sixteen cannot, and gcc
+ * kept the vectors on the stack: a 16-layer float32 radial forward took 10
+ * ms instead of 1.3 ms, its loss and gradient 20 instead of 4.1 ms (AMD Zen
+ * 4 forced to that copy); there the sweeps run LANES rows at a time.
+ * rowwise.pyx sets it with the level it dispatches to. */
+inline bool wide_sums = false;
+inline void set_wide_sums(bool wide) { wide_sums = wide; }
 
 /* s[r] = b + sum_i w[i] xt[i, r], LANES rows at a time with the partial sums
  * held in registers. */
@@ -617,48 +629,50 @@ PFC_VM_INLINE bool planar_update_next(const T* work, int dim, const T* zt, T* xt
 }
 
 /* dist2[r] = |xt[:, r] - z0|^2.  A row's sum is a chain of dim dependent
- * FMAs, so with the vector extensions four 64-byte vectors of rows are
- * summed at a time, their sums in registers: four chains in flight (-6% on
- * a 16-layer float32 radial forward, -11% on its loss and gradient, where
- * block_dist2_dot's per-dimension loads and stores of both sums go too).
- * As arrays of 4 LANES partial sums in the plain loops gcc kept the wider
- * groups on the stack inside the backward's kernel; those stay at LANES
- * rows. */
+ * FMAs.  With wide_sums four 64-byte vectors of rows are summed at a time,
+ * their sums in registers: four chains in flight (-6% on a 16-layer float32
+ * radial forward, -11% on its loss and gradient, where block_dist2_dot's
+ * per-dimension loads and stores of both sums go too); otherwise LANES rows
+ * at a time, out-of-order execution overlapping the next rows' chains. */
 template <int R, typename T>
 PFC_VM_INLINE void block_dist2(const T* z0, int dim, const T* xt, T* dist2) {
 #if PFC_VECTOR_EXT
-    enum { VL = 64 / sizeof(T), G = R >= 4 * VL ? 4 : R / VL };
-    typedef typename vec<T, VL>::type V;
-    for (int r0 = 0; r0 < R; r0 += G * VL) {
-        V acc[G];
-        for (int g = 0; g < G; ++g) acc[g] = V{};
-        for (int i = 0; i < dim; ++i) {
-            const T* xi = xt + (index_t)i * BLOCK_ROWS + r0;
-            const T z0i = z0[i];
-            for (int g = 0; g < G; ++g) {
-                V x;
-                memcpy(&x, xi + g * VL, sizeof(V));
-                const V d = x - z0i;
-                acc[g] += d * d;
+    if (wide_sums) {
+        enum { VL = 64 / sizeof(T), G = R >= 4 * VL ? 4 : R / VL };
+        typedef typename vec<T, VL>::type V;
+        for (int r0 = 0; r0 < R; r0 += G * VL) {
+            V acc[G];
+            for (int g = 0; g < G; ++g) acc[g] = V{};
+            for (int i = 0; i < dim; ++i) {
+                const T* xi = xt + (index_t)i * BLOCK_ROWS + r0;
+                const T z0i = z0[i];
+                for (int g = 0; g < G; ++g) {
+                    V x;
+                    memcpy(&x, xi + g * VL, sizeof(V));
+                    const V d = x - z0i;
+                    acc[g] += d * d;
+                }
             }
+            memcpy(dist2 + r0, acc, sizeof(acc));
         }
-        memcpy(dist2 + r0, acc, sizeof(acc));
+        return;
     }
-#else
+#endif
     for (int r0 = 0; r0 < R; r0 += LANES) {
         T acc[LANES];
         for (int l = 0; l < LANES; ++l) acc[l] = T(0);
+        PFC_UNROLL4
         for (int i = 0; i < dim; ++i) {
             const T z0i = z0[i];
+            const T* xi = xt + (index_t)i * BLOCK_ROWS + r0;
             PFC_VM_PRAGMA_SIMD
             for (int l = 0; l < LANES; ++l) {
-                const T di = PFC_XT(xt, i, r0 + l) - z0i;
+                const T di = xi[l] - z0i;
                 acc[l] += di * di;
             }
         }
         for (int l = 0; l < LANES; ++l) dist2[r0 + l] = acc[l];
     }
-#endif
 }
 
 /* dist2[r] = |vt[:, r] - z0|^2 and dot[r] = gt[:, r].(vt[:, r] - z0), the
@@ -668,41 +682,51 @@ template <typename T>
 PFC_VM_INLINE void block_dist2_dot(const T* z0, int dim, const T* vt, const T* gt, T* dist2,
                                    T* dot) {
 #if PFC_VECTOR_EXT
-    enum { VL = 64 / sizeof(T), G = 4 };
-    typedef typename vec<T, VL>::type V;
-    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += G * VL) {
-        V d2[G], pr[G];
-        for (int g = 0; g < G; ++g) d2[g] = pr[g] = V{};
-        for (int i = 0; i < dim; ++i) {
-            const T* vi = vt + (index_t)i * BLOCK_ROWS + r0;
-            const T* gi = gt + (index_t)i * BLOCK_ROWS + r0;
-            const T z0i = z0[i];
-            for (int g = 0; g < G; ++g) {
-                V v, gv;
-                memcpy(&v, vi + g * VL, sizeof(V));
-                memcpy(&gv, gi + g * VL, sizeof(V));
-                const V d = v - z0i;
-                d2[g] += d * d;
-                pr[g] += gv * d;
+    if (wide_sums) {
+        enum { VL = 64 / sizeof(T), G = 4 };
+        typedef typename vec<T, VL>::type V;
+        for (int r0 = 0; r0 < BLOCK_ROWS; r0 += G * VL) {
+            V d2[G], pr[G];
+            for (int g = 0; g < G; ++g) d2[g] = pr[g] = V{};
+            for (int i = 0; i < dim; ++i) {
+                const T* vi = vt + (index_t)i * BLOCK_ROWS + r0;
+                const T* gi = gt + (index_t)i * BLOCK_ROWS + r0;
+                const T z0i = z0[i];
+                for (int g = 0; g < G; ++g) {
+                    V v, gv;
+                    memcpy(&v, vi + g * VL, sizeof(V));
+                    memcpy(&gv, gi + g * VL, sizeof(V));
+                    const V d = v - z0i;
+                    d2[g] += d * d;
+                    pr[g] += gv * d;
+                }
             }
+            memcpy(dist2 + r0, d2, sizeof(d2));
+            memcpy(dot + r0, pr, sizeof(pr));
         }
-        memcpy(dist2 + r0, d2, sizeof(d2));
-        memcpy(dot + r0, pr, sizeof(pr));
-    }
-#else
-    for (int r = 0; r < BLOCK_ROWS; ++r) dist2[r] = dot[r] = T(0);
-    for (int i = 0; i < dim; ++i) {
-        const T z0i = z0[i];
-        const T* vi = vt + (index_t)i * BLOCK_ROWS;
-        const T* gi = gt + (index_t)i * BLOCK_ROWS;
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < BLOCK_ROWS; ++r) {
-            const T di = vi[r] - z0i;
-            dist2[r] += di * di;
-            dot[r] += gi[r] * di;
-        }
+        return;
     }
 #endif
+    for (int r0 = 0; r0 < BLOCK_ROWS; r0 += LANES) {
+        T d2[LANES], pr[LANES];
+        for (int l = 0; l < LANES; ++l) d2[l] = pr[l] = T(0);
+        PFC_UNROLL4
+        for (int i = 0; i < dim; ++i) {
+            const T z0i = z0[i];
+            const T* vi = vt + (index_t)i * BLOCK_ROWS + r0;
+            const T* gi = gt + (index_t)i * BLOCK_ROWS + r0;
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const T di = vi[l] - z0i;
+                d2[l] += di * di;
+                pr[l] += gi[l] * di;
+            }
+        }
+        for (int l = 0; l < LANES; ++l) {
+            dist2[r0 + l] = d2[l];
+            dot[r0 + l] = pr[l];
+        }
+    }
 }
 
 /* The log-determinant of a radial layer at one row, from inv = 1/(alpha + r),
@@ -767,13 +791,13 @@ PFC_VM_INLINE T radial_root_row(T sqrt_alpha, T s, T rho) {
  * or, with CENTRED (`in` holds z - z0, see radial_map_chain), z0 + f in.
  * With NEXT (a radial layer with centre next_z0 follows) the rows are left
  * centred on next_z0 -- the shift z0 - next_z0 takes z0's place -- and
- * dist2 = |out|^2, the next layer's squared distances, summed as in
- * block_dist2: the block is read once for both, each row group's factors
- * and sums in registers, and through a run of radial layers a row-layer
- * costs two FMAs per dimension instead of two subtractions and two FMAs
- * (with the near-one products of ChainLogDet::layer_factors, a 16-layer
- * radial forward of 65,536 rows went from 1.05 to 0.89 ms in float32 and
- * from 2.18 to 2.03 ms in float64).
+ * dist2 = |out|^2, the next layer's squared distances: the block is read
+ * once for both, LANES rows at a time with their factors and sums in
+ * registers, and through a run of radial layers a row-layer costs two FMAs
+ * per dimension instead of two subtractions and two FMAs (with the
+ * near-one products of ChainLogDet::layer_factors, a 16-layer radial
+ * forward of 65,536 rows went from 1.05 to 0.89 ms in float32 and from 2.18
+ * to 2.03 ms in float64), with wide_sums four vectors of rows at a time.
  * With FLAGGED, rows with flag[r] != 0 keep their input, made absolute, for
  * the row function (their dist2 is left to it); every other row gets the
  * same numbers with or without flagged rows beside it. */
@@ -782,46 +806,57 @@ PFC_VM_INLINE void radial_update_block(const T* z0, int dim, const T* in, T* out
                                        const T* flag, const T* next_z0, T* dist2) {
     using vm::detail::select_;
 #if PFC_VECTOR_EXT
-    enum { VL = 64 / sizeof(T), G = R >= 4 * VL ? 4 : R / VL };
-    typedef typename vec<T, VL>::type V;
-    for (int r0 = 0; r0 < R; r0 += G * VL) {
-        V fv[G], flv[G], acc[G];
-        for (int g = 0; g < G; ++g) {
-            memcpy(&fv[g], f + r0 + g * VL, sizeof(V));
-            if (FLAGGED) memcpy(&flv[g], flag + r0 + g * VL, sizeof(V));
-            acc[g] = V{};
-        }
-        for (int i = 0; i < dim; ++i) {
-            const T* vi = in + (index_t)i * BLOCK_ROWS + r0;
-            T* oi = out + (index_t)i * BLOCK_ROWS + r0;
-            const T z0i = z0[i], shift = NEXT ? z0[i] - next_z0[i] : z0[i];
+    if (wide_sums) {
+        enum { VL = 64 / sizeof(T), G = R >= 4 * VL ? 4 : R / VL };
+        typedef typename vec<T, VL>::type V;
+        for (int r0 = 0; r0 < R; r0 += G * VL) {
+            V fv[G], flv[G], acc[G];
             for (int g = 0; g < G; ++g) {
-                V v;
-                memcpy(&v, vi + g * VL, sizeof(V));
-                V y = shift + fv[g] * (CENTRED ? v : v - z0i);
-                if (NEXT) acc[g] += y * y;
-                if (FLAGGED) y = flv[g] != T(0) ? (CENTRED ? v + z0i : v) : y;
-                memcpy(oi + g * VL, &y, sizeof(V));
+                memcpy(&fv[g], f + r0 + g * VL, sizeof(V));
+                if (FLAGGED) memcpy(&flv[g], flag + r0 + g * VL, sizeof(V));
+                acc[g] = V{};
             }
+            for (int i = 0; i < dim; ++i) {
+                const T* vi = in + (index_t)i * BLOCK_ROWS + r0;
+                T* oi = out + (index_t)i * BLOCK_ROWS + r0;
+                const T z0i = z0[i], shift = NEXT ? z0[i] - next_z0[i] : z0[i];
+                for (int g = 0; g < G; ++g) {
+                    V v;
+                    memcpy(&v, vi + g * VL, sizeof(V));
+                    V y = shift + fv[g] * (CENTRED ? v : v - z0i);
+                    if (NEXT) acc[g] += y * y;
+                    if (FLAGGED) y = flv[g] != T(0) ? (CENTRED ? v + z0i : v) : y;
+                    memcpy(oi + g * VL, &y, sizeof(V));
+                }
+            }
+            if (NEXT) memcpy(dist2 + r0, acc, sizeof(acc));
         }
-        if (NEXT) memcpy(dist2 + r0, acc, sizeof(acc));
-    }
-#else
-    if (NEXT) {
-        for (int r = 0; r < R; ++r) dist2[r] = T(0);
-    }
-    for (int i = 0; i < dim; ++i) {
-        const T z0i = z0[i], shift = NEXT ? z0[i] - next_z0[i] : z0[i];
-        const T* vi = in + (index_t)i * BLOCK_ROWS;
-        T* oi = out + (index_t)i * BLOCK_ROWS;
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < R; ++r) {
-            const T y = shift + f[r] * (CENTRED ? vi[r] : vi[r] - z0i);
-            if (NEXT) dist2[r] += y * y;
-            oi[r] = FLAGGED ? select_(flag[r] != T(0), CENTRED ? vi[r] + z0i : vi[r], y) : y;
-        }
+        return;
     }
 #endif
+    for (int r0 = 0; r0 < R; r0 += LANES) {
+        T fl[LANES], acc[LANES];
+        for (int l = 0; l < LANES; ++l) {
+            fl[l] = f[r0 + l];
+            acc[l] = T(0);
+        }
+        PFC_UNROLL4
+        for (int i = 0; i < dim; ++i) {
+            const T z0i = z0[i], shift = NEXT ? z0[i] - next_z0[i] : z0[i];
+            const T* vi = in + (index_t)i * BLOCK_ROWS + r0;
+            T* oi = out + (index_t)i * BLOCK_ROWS + r0;
+            PFC_VM_PRAGMA_SIMD
+            for (int l = 0; l < LANES; ++l) {
+                const T y = shift + fl[l] * (CENTRED ? vi[l] : vi[l] - z0i);
+                if (NEXT) acc[l] += y * y;
+                oi[l] = FLAGGED ? select_(flag[r0 + l] != T(0), CENTRED ? vi[l] + z0i : vi[l], y)
+                                : y;
+            }
+        }
+        if (NEXT) {
+            for (int l = 0; l < LANES; ++l) dist2[r0 + l] = acc[l];
+        }
+    }
 }
 
 /* radial_update_block with the template flags from run-time ones (only
