@@ -1034,10 +1034,6 @@ PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
     return (dim + 16) * BLOCK_ROWS + dim;
 }
 
-/* One block of rows through layers [0, K): x = f(z) for rows [0, nrows) of
- * z and x (row-major, nrows <= BLOCK_ROWS), log_det written.  With
- * `prefetch` another block follows and its rows are prefetched meanwhile
- * (without it, prefetches past the end of a small batch cost it ~1 us). */
 /* A lone planar layer (the flow on its own, as an MCMC step or a small
  * batch calls it) skips the transposes, which cost it more than its
  * arithmetic (37% of a 64-row float64 block): w.z + b comes from the
@@ -1099,6 +1095,9 @@ PFC_VM_INLINE void rows_dot(const T* w, T b, int dim, index_t nrows, const T* z,
     for (index_t r = nrows; r < R; ++r) s[r] = T(0);
 }
 
+/* x = z + uhat tanh(w.z + b) and log_det for the rows [0, nrows) of the
+ * row-major z and x (x may be z), a lone planar layer `work`; scratch: 5
+ * BLOCK_ROWS. */
 template <int R, typename T>
 PFC_VM_INLINE void planar_forward_rows(const T* work, int dim, index_t nrows, const T* z, T* x,
                                        T* log_det, T* scratch) {
@@ -1129,14 +1128,18 @@ PFC_VM_INLINE void planar_forward_rows(const T* work, int dim, index_t nrows, co
  * paired A/B on one thread).  x comes out rounded exactly as layer by
  * layer; s' differs from w'.x' by a rounding of the same order as x'
  * itself carries (tests: as accurate as the layers against the formula in
- * wider precision).  Layers are paired from
- * the start of a run, an odd one left last: the number of planar layers from
- * layer k on that go together. */
+ * wider precision).  Layers are paired from the start of a run, an odd one
+ * left last: planar_group is the number of planar layers from layer k on
+ * that go together. */
 PFC_VM_INLINE int planar_group(const int* kinds, int K, int k) {
     if (k >= K || kinds[k] != KIND_PLANAR) return 0;
     return k + 1 < K && kinds[k + 1] == KIND_PLANAR ? 2 : 1;
 }
 
+/* One block of rows through layers [0, K): x = f(z) for rows [0, nrows) of
+ * z and x (row-major, nrows <= BLOCK_ROWS), log_det written.  With
+ * `prefetch` another block follows and its rows are prefetched meanwhile
+ * (without it, prefetches past the end of a small batch cost it ~1 us). */
 template <int R, typename T>
 PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                                             const long long* work_offsets, int K, int dim,
@@ -1170,8 +1173,11 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                 const T* wg[2] = {wk + dim, work + work_offsets[k + group - 1] + dim};
                 const T bg[2] = {wg[0][dim], wg[1][dim]};
                 if (!have_s) {
-                    if (group == 2) planar_sweep<R, 0, 2, T>(nullptr, nullptr, wg, bg, s, dim, xt, xt);
-                    else block_dot<R>(wg[0], bg[0], dim, xt, s[0]);
+                    if (group == 2) {
+                        planar_sweep<R, 0, 2, T>(nullptr, nullptr, wg, bg, s, dim, xt, xt);
+                    } else {
+                        block_dot<R>(wg[0], bg[0], dim, xt, s[0]);
+                    }
                 }
                 planar_act_block<R>(s[0], t[0], hp[0]);
                 planar_logdet_chain<R>(lds, wk, dim, t[0], hp[0], ld, flag);
