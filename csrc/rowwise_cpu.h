@@ -83,7 +83,7 @@ enum { BLOCK_ROWS = 128, LANES = 16 };
 #define PFC_XT(xt, i, r) (xt)[(index_t)(i) * BLOCK_ROWS + (r)]
 
 /* GCC/clang vector extensions hold the transposes' 8 x 8 register tiles,
- * a lone planar layer's row sums (lane_sums8) and, with wide_sums, the
+ * a lone planar layer's row sums (lane_sums8) and, with WIDE, the
  * radial sweeps' register sums; without them, or with
  * PFC_NO_VECTOR_EXT, plain loops take their place.  vec<T, N>::type is N
  * values of T, split by the compiler into the registers of the copy being
@@ -98,16 +98,15 @@ struct vec {
 #define PFC_VECTOR_EXT 0
 #endif
 
-/* Whether the radial sweeps that sum over the dimensions (block_dist2,
- * block_dist2_dot, radial_update_block) keep four 64-byte vectors of rows
- * in registers: only where the block kernels run their AVX-512 copy, whose
- * 32 vector registers hold them.  The AVX2 copy's sixteen cannot, and gcc
- * kept the vectors on the stack: a 16-layer float32 radial forward took 10
- * ms instead of 1.3 ms, its loss and gradient 20 instead of 4.1 ms (AMD Zen
- * 4 forced to that copy); there the sweeps run LANES rows at a time.
- * rowwise.pyx sets it with the level it dispatches to. */
-inline bool wide_sums = false;
-inline void set_wide_sums(bool wide) { wide_sums = wide; }
+/* WIDE, a template flag of the block kernels: true in their AVX-512 copy,
+ * false in the others (PFC_DEFINE_BLOCK_DISPATCH).  The radial sweeps that
+ * sum over the dimensions (block_dist2, block_dist2_dot,
+ * radial_update_block) keep four 64-byte vectors of rows in registers only
+ * there, whose 32 vector registers hold them.  The AVX2 copy's sixteen
+ * cannot, and gcc kept the vectors on the stack: a 16-layer float32 radial
+ * forward took 10 ms instead of 1.3 ms, its loss and gradient 20 instead of
+ * 4.1 ms (AMD Zen 4 forced to that copy); there the sweeps run LANES rows
+ * at a time. */
 
 /* s[r] = b + sum_i w[i] xt[i, r], LANES rows at a time with the partial sums
  * held in registers. */
@@ -243,6 +242,16 @@ PFC_VM_INLINE void prefetch_next(const T* p, int width, int k, int parts) {
 #else
     (void)p; (void)width; (void)k; (void)parts;
 #endif
+}
+
+/* Part k of `parts` of the next block's prefetch for a forward: its rows
+ * of z to read, of x to write.  (A function, not a lambda in the kernel: a
+ * lambda does not take its enclosing copy's target attribute, so gcc called
+ * it out of line, and the 16-layer forward was 30-40% slower.) */
+template <typename T>
+PFC_VM_INLINE void prefetch_block_part(const T* z, const T* x, int dim, int k, int parts) {
+    prefetch_next<0>(z, dim, k, parts);
+    prefetch_next<1>(x, dim, k, parts);
 }
 
 /* a b + c rounded once (an FMA instruction in the AVX2 and AVX-512 copies). */
@@ -629,15 +638,15 @@ PFC_VM_INLINE bool planar_update_next(const T* work, int dim, const T* zt, T* xt
 }
 
 /* dist2[r] = |xt[:, r] - z0|^2.  A row's sum is a chain of dim dependent
- * FMAs.  With wide_sums four 64-byte vectors of rows are summed at a time,
+ * FMAs.  With WIDE four 64-byte vectors of rows are summed at a time,
  * their sums in registers: four chains in flight (-6% on a 16-layer float32
  * radial forward, -11% on its loss and gradient, where block_dist2_dot's
  * per-dimension loads and stores of both sums go too); otherwise LANES rows
  * at a time, out-of-order execution overlapping the next rows' chains. */
-template <int R, typename T>
+template <bool WIDE, int R, typename T>
 PFC_VM_INLINE void block_dist2(const T* z0, int dim, const T* xt, T* dist2) {
 #if PFC_VECTOR_EXT
-    if (wide_sums) {
+    if constexpr (WIDE) {
         enum { VL = 64 / sizeof(T), G = R >= 4 * VL ? 4 : R / VL };
         typedef typename vec<T, VL>::type V;
         for (int r0 = 0; r0 < R; r0 += G * VL) {
@@ -678,11 +687,11 @@ PFC_VM_INLINE void block_dist2(const T* z0, int dim, const T* xt, T* dist2) {
 /* dist2[r] = |vt[:, r] - z0|^2 and dot[r] = gt[:, r].(vt[:, r] - z0), the
  * squared distance and the projection a radial layer's VJPs need (summed
  * as in block_dist2). */
-template <typename T>
+template <bool WIDE, typename T>
 PFC_VM_INLINE void block_dist2_dot(const T* z0, int dim, const T* vt, const T* gt, T* dist2,
                                    T* dot) {
 #if PFC_VECTOR_EXT
-    if (wide_sums) {
+    if constexpr (WIDE) {
         enum { VL = 64 / sizeof(T), G = 4 };
         typedef typename vec<T, VL>::type V;
         for (int r0 = 0; r0 < BLOCK_ROWS; r0 += G * VL) {
@@ -797,16 +806,16 @@ PFC_VM_INLINE T radial_root_row(T sqrt_alpha, T s, T rho) {
  * per dimension instead of two subtractions and two FMAs (with the
  * near-one products of ChainLogDet::layer_factors, a 16-layer radial
  * forward of 65,536 rows went from 1.05 to 0.89 ms in float32 and from 2.18
- * to 2.03 ms in float64), with wide_sums four vectors of rows at a time.
+ * to 2.03 ms in float64), with WIDE four vectors of rows at a time.
  * With FLAGGED, rows with flag[r] != 0 keep their input, made absolute, for
  * the row function (their dist2 is left to it); every other row gets the
  * same numbers with or without flagged rows beside it. */
-template <bool FLAGGED, bool CENTRED, bool NEXT, int R, typename T>
+template <bool WIDE, bool FLAGGED, bool CENTRED, bool NEXT, int R, typename T>
 PFC_VM_INLINE void radial_update_block(const T* z0, int dim, const T* in, T* out, const T* f,
                                        const T* flag, const T* next_z0, T* dist2) {
     using vm::detail::select_;
 #if PFC_VECTOR_EXT
-    if (wide_sums) {
+    if constexpr (WIDE) {
         enum { VL = 64 / sizeof(T), G = R >= 4 * VL ? 4 : R / VL };
         typedef typename vec<T, VL>::type V;
         for (int r0 = 0; r0 < R; r0 += G * VL) {
@@ -861,19 +870,24 @@ PFC_VM_INLINE void radial_update_block(const T* z0, int dim, const T* in, T* out
 
 /* radial_update_block with the template flags from run-time ones (only
  * the forward centres its blocks: RUNS). */
-template <bool FLAGGED, bool RUNS, int R, typename T>
+template <bool WIDE, bool FLAGGED, bool RUNS, int R, typename T>
 PFC_VM_INLINE void radial_update(bool centred, const T* z0, int dim, const T* in, T* out,
                                  const T* f, const T* flag, const T* next_z0, T* dist2) {
     if (!RUNS) {
-        radial_update_block<FLAGGED, false, false, R>(z0, dim, in, out, f, flag, next_z0, dist2);
+        radial_update_block<WIDE, FLAGGED, false, false, R>(z0, dim, in, out, f, flag, next_z0,
+                                                       dist2);
     } else if (centred && next_z0) {
-        radial_update_block<FLAGGED, true, true, R>(z0, dim, in, out, f, flag, next_z0, dist2);
+        radial_update_block<WIDE, FLAGGED, true, true, R>(z0, dim, in, out, f, flag, next_z0,
+                                                       dist2);
     } else if (centred) {
-        radial_update_block<FLAGGED, true, false, R>(z0, dim, in, out, f, flag, next_z0, dist2);
+        radial_update_block<WIDE, FLAGGED, true, false, R>(z0, dim, in, out, f, flag, next_z0,
+                                                       dist2);
     } else if (next_z0) {
-        radial_update_block<FLAGGED, false, true, R>(z0, dim, in, out, f, flag, next_z0, dist2);
+        radial_update_block<WIDE, FLAGGED, false, true, R>(z0, dim, in, out, f, flag, next_z0,
+                                                       dist2);
     } else {
-        radial_update_block<FLAGGED, false, false, R>(z0, dim, in, out, f, flag, next_z0, dist2);
+        radial_update_block<WIDE, FLAGGED, false, false, R>(z0, dim, in, out, f, flag, next_z0,
+                                                       dist2);
     }
 }
 
@@ -932,7 +946,7 @@ PFC_VM_INLINE int radial_factors_block(const T* work, const T* dist2, int dim, T
  * follows) `out` is left centred on next_z0, scratch holding the squared
  * norms, and true returned; otherwise `out` holds the rows themselves.
  * Scratch: 4 R + dim. */
-template <bool INVERSE, int R, typename T>
+template <bool WIDE, bool INVERSE, int R, typename T>
 PFC_VM_INLINE bool radial_map_chain(ChainLogDet<T>* lds, const T* work, int dim, const T* in,
                                     T* out, T* ld, T* scratch, bool centred = false,
                                     const T* next_z0 = nullptr) {
@@ -942,7 +956,7 @@ PFC_VM_INLINE bool radial_map_chain(ChainLogDet<T>* lds, const T* work, int dim,
     T* ldk = scratch + 2 * BLOCK_ROWS;
     T* flag = scratch + 3 * BLOCK_ROWS;
     T* row = scratch + 4 * BLOCK_ROWS;
-    if (!centred) block_dist2<R>(z0, dim, in, dist2);
+    if (!centred) block_dist2<WIDE, R>(z0, dim, in, dist2);
     const LogProduct<T> none = {};
     int nbad;
     if (!lds) {
@@ -973,9 +987,9 @@ PFC_VM_INLINE bool radial_map_chain(ChainLogDet<T>* lds, const T* work, int dim,
         }
     }
     if (nbad == 0) {
-        radial_update<false, !INVERSE, R>(centred, z0, dim, in, out, f, flag, next_z0, dist2);
+        radial_update<WIDE, false, !INVERSE, R>(centred, z0, dim, in, out, f, flag, next_z0, dist2);
     } else {
-        radial_update<true, !INVERSE, R>(centred, z0, dim, in, out, f, flag, next_z0, dist2);
+        radial_update<WIDE, true, !INVERSE, R>(centred, z0, dim, in, out, f, flag, next_z0, dist2);
         for (int r = 0; r < R; ++r) {
             if (flag[r] == T(0)) continue;
             for (int i = 0; i < dim; ++i) row[i] = PFC_XT(out, i, r);
@@ -1140,7 +1154,7 @@ PFC_VM_INLINE int planar_group(const int* kinds, int K, int k) {
  * z and x (row-major, nrows <= BLOCK_ROWS), log_det written.  With
  * `prefetch` another block follows and its rows are prefetched meanwhile
  * (without it, prefetches past the end of a small batch cost it ~1 us). */
-template <int R, typename T>
+template <bool WIDE, int R, typename T>
 PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                                             const long long* work_offsets, int K, int dim,
                                             index_t nrows, bool prefetch, const T* z, T* x,
@@ -1163,10 +1177,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
     bool centred = false;      /* xt holds z - z0 of this (radial) layer, rest |z - z0|^2 */
     for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
-        if (prefetch) {
-            prefetch_next<0>(z, dim, k, K);
-            prefetch_next<1>(x, dim, k, K);
-        }
+        if (prefetch) prefetch_block_part(z, x, dim, k, K);
         switch (kinds[k]) {
             case KIND_PLANAR: {
                 const int group = planar_group(kinds, K, k);
@@ -1195,10 +1206,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                 planar_act_block<R>(s[1], t[1], hp[1]);
                 planar_logdet_chain<R>(lds, uhat[1], dim, t[1], hp[1], ld, flag);
                 ++k;
-                if (prefetch) {
-                    prefetch_next<0>(z, dim, k, K);
-                    prefetch_next<1>(x, dim, k, K);
-                }
+                if (prefetch) prefetch_block_part(z, x, dim, k, K);
                 const int next = planar_group(kinds, K, k + 1);
                 const T* wn[2] = {};
                 T bn[2] = {};
@@ -1215,7 +1223,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
             }
             case KIND_RADIAL: {
                 const bool next_radial = k + 1 < K && kinds[k + 1] == KIND_RADIAL;
-                centred = radial_map_chain<false, R>(
+                centred = radial_map_chain<WIDE, false, R>(
                     &lds, wk, dim, xt, xt, ld, rest, centred,
                     next_radial ? radial_z0(work + work_offsets[k + 1]) : nullptr);
                 break;
@@ -1409,7 +1417,7 @@ PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, 
  * z = f^{-1}(x) for rows [0, nrows), log_det = log|det df^{-1}/dx| = minus
  * the forward log-determinants at the points found.  Scratch as
  * chain_block_scratch_size. */
-template <int R, typename T>
+template <bool WIDE, int R, typename T>
 PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
                                             const long long* work_offsets, int K, int dim,
                                             index_t nrows, const T* x, T* z, T* log_det,
@@ -1425,7 +1433,7 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
         if (kinds[k] == KIND_RADIAL) {
-            radial_map_chain<true, R>(&lds, wk, dim, xt, xt, ld, solve);
+            radial_map_chain<WIDE, true, R>(&lds, wk, dim, xt, xt, ld, solve);
             continue;
         }
         if (kinds[k] != KIND_PLANAR) {
@@ -1442,55 +1450,55 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
     for (index_t r = 0; r < nrows; ++r) log_det[r] = -ld[r];
 }
 
-template <bool INVERSE, int R, typename T>
+template <bool WIDE, bool INVERSE, int R, typename T>
 PFC_VM_INLINE void chain_map_block_rows(const int* kinds, const T* work,
                                         const long long* work_offsets, int K, int dim,
                                         index_t nrows, bool prefetch, const T* v, T* out,
                                         T* log_det, T* scratch) {
     if constexpr (INVERSE) {
-        chain_inverse_block_rows<R>(kinds, work, work_offsets, K, dim, nrows, v, out, log_det,
-                                    scratch);
+        chain_inverse_block_rows<WIDE, R>(kinds, work, work_offsets, K, dim, nrows, v, out,
+                                          log_det, scratch);
     } else {
-        chain_forward_block_rows<R>(kinds, work, work_offsets, K, dim, nrows, prefetch, v, out,
-                                    log_det, scratch);
+        chain_forward_block_rows<WIDE, R>(kinds, work, work_offsets, K, dim, nrows, prefetch, v,
+                                          out, log_det, scratch);
     }
 }
 
 /* The forward or inverse of one block.  A short block (a small batch, or a
  * batch's last rows) sweeps only the rows it has, rounded up to a
  * compile-time count, and prefetches nothing. */
-template <bool INVERSE, typename T>
+template <bool WIDE, bool INVERSE, typename T>
 PFC_VM_INLINE void chain_map_block(const int* kinds, const T* work,
                                    const long long* work_offsets, int K, int dim, index_t nrows,
                                    bool prefetch, const T* v, T* out, T* log_det, T* scratch) {
     if (nrows <= BLOCK_ROWS / 4) {
-        chain_map_block_rows<INVERSE, BLOCK_ROWS / 4>(kinds, work, work_offsets, K, dim, nrows,
-                                                      false, v, out, log_det, scratch);
+        chain_map_block_rows<WIDE, INVERSE, BLOCK_ROWS / 4>(kinds, work, work_offsets, K, dim,
+                                                            nrows, false, v, out, log_det, scratch);
     } else if (nrows <= BLOCK_ROWS / 2) {
-        chain_map_block_rows<INVERSE, BLOCK_ROWS / 2>(kinds, work, work_offsets, K, dim, nrows,
-                                                      false, v, out, log_det, scratch);
+        chain_map_block_rows<WIDE, INVERSE, BLOCK_ROWS / 2>(kinds, work, work_offsets, K, dim,
+                                                            nrows, false, v, out, log_det, scratch);
     } else {
-        chain_map_block_rows<INVERSE, BLOCK_ROWS>(kinds, work, work_offsets, K, dim, nrows,
-                                                  prefetch, v, out, log_det, scratch);
+        chain_map_block_rows<WIDE, INVERSE, BLOCK_ROWS>(kinds, work, work_offsets, K, dim, nrows,
+                                                        prefetch, v, out, log_det, scratch);
     }
 }
 
-template <typename T>
+template <bool WIDE, typename T>
 PFC_VM_INLINE void chain_forward_block_impl(const int* kinds, const T* work,
                                             const long long* work_offsets, int K, int dim,
                                             index_t nrows, bool prefetch, const T* z, T* x,
                                             T* log_det, T* scratch) {
-    chain_map_block<false>(kinds, work, work_offsets, K, dim, nrows, prefetch, z, x, log_det,
-                           scratch);
+    chain_map_block<WIDE, false>(kinds, work, work_offsets, K, dim, nrows, prefetch, z, x,
+                                 log_det, scratch);
 }
 
-template <typename T>
+template <bool WIDE, typename T>
 PFC_VM_INLINE void chain_inverse_block_impl(const int* kinds, const T* work,
                                             const long long* work_offsets, int K, int dim,
                                             index_t nrows, const T* x, T* z, T* log_det,
                                             T* scratch) {
-    chain_map_block<true>(kinds, work, work_offsets, K, dim, nrows, false, x, z, log_det,
-                          scratch);
+    chain_map_block<WIDE, true>(kinds, work, work_offsets, K, dim, nrows, false, x, z, log_det,
+                                scratch);
 }
 
 /* The VJP of a scale (x = a z) or shift (x = z + b) layer for a block, or
@@ -1609,7 +1617,7 @@ PFC_VM_INLINE void radial_vjp_flagged_rows(int dim, const T* vt, T* gt, const T*
  *   dL/dalpha += l_alpha + rho_bar u g,       dL/ds += l_s - rho_bar u.
  * Rows whose squared distance under- or overflows (and x = z0) take the row
  * function; padding rows have zero cotangents and add nothing. */
-template <typename T>
+template <bool WIDE, typename T>
 PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt, T* gt,
                                             const T* gld, index_t nrows, T* acc, T* lanes,
                                             T* scratch) {
@@ -1621,7 +1629,7 @@ PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt,
     T* cr = scratch + 2 * BLOCK_ROWS;   /* rho_bar / rho */
     T* pp = scratch + 3 * BLOCK_ROWS;   /* P */
     T* row = scratch + 4 * BLOCK_ROWS;  /* 2 * dim */
-    block_dist2_dot(z0, dim, xt, gt, dist2, pp);
+    block_dist2_dot<WIDE>(z0, dim, xt, gt, dist2, pp);
     const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
     const T dim_minus_1 = T(dim - 1);
     const T sqrt_alpha = pfc::sqrt(alpha);
@@ -1753,7 +1761,7 @@ PFC_HOSTDEVICE PFC_INLINE long long chain_inverse_backward_scratch_size(int K, i
 /* Without grad_z (NULL) the cotangents are those of the quadratic loss
  * sum_r (a/2 |z_r|^2 + b log_det_inv_r): the recomputed inverse then takes
  * the log-determinants too (quadratic_cotangent_block). */
-template <typename T>
+template <bool WIDE, typename T>
 PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* work,
                                                      const long long* work_offsets,
                                                      const long long* acc_offsets, int K,
@@ -1782,8 +1790,8 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
         const T* in = stack + (k + 1) * stride;
         T* t = act + 2 * (index_t)k * BLOCK_ROWS;
         if (kinds[k] == KIND_RADIAL) {
-            radial_map_chain<true, BLOCK_ROWS>(quadratic ? &lds : nullptr, wk, dim, in,
-                                               stack + k * stride, ld, tmp);
+            radial_map_chain<WIDE, true, BLOCK_ROWS>(quadratic ? &lds : nullptr, wk, dim, in,
+                                                     stack + k * stride, ld, tmp);
             continue;
         }
         if (kinds[k] != KIND_PLANAR) {
@@ -1808,8 +1816,9 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
     for (int k = 0; k < K; ++k) {
         const T* wk = work + work_offsets[k];
         if (kinds[k] == KIND_RADIAL) {
-            radial_inverse_vjp_block(wk, dim, stack + (k + 1) * stride, gt, gld, nrows,
-                                     acc + acc_offsets[k], layer_vjp_lanes(lanes, k, dim), tmp);
+            radial_inverse_vjp_block<WIDE>(wk, dim, stack + (k + 1) * stride, gt, gld, nrows,
+                                           acc + acc_offsets[k], layer_vjp_lanes(lanes, k, dim),
+                                           tmp);
             continue;
         }
         if (kinds[k] != KIND_PLANAR) {
@@ -1844,7 +1853,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
  * Rows whose squared distance under- or overflows contribute nothing here
  * and take the row function afterwards (real rows only: the padding rows'
  * contributions are 0). */
-template <typename T>
+template <bool WIDE, typename T>
 PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T* gt,
                                          const T* gld, index_t nrows, T* acc, T* lanes,
                                          T* scratch) {
@@ -1854,7 +1863,7 @@ PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T*
     T* pg = scratch + BLOCK_ROWS;            /* P, then g */
     T* cr = scratch + 2 * BLOCK_ROWS;
     T* row = scratch + 3 * BLOCK_ROWS;       /* 2 * dim */
-    block_dist2_dot(z0, dim, zt, gt, dist2, pg);
+    block_dist2_dot<WIDE>(z0, dim, zt, gt, dist2, pg);
     const T tiny = radial_tiny<T>(), huge = radial_huge<T>();
     const T dim_minus_1 = T(dim - 1), dim_plus_1 = T(dim + 1);
     T sum_a[LANES] = {}, sum_s[LANES] = {};
@@ -1906,7 +1915,7 @@ PFC_HOSTDEVICE PFC_INLINE long long chain_backward_scratch_size(int K, int dim) 
  * (NULL), the cotangents are those of the quadratic loss
  * sum_r (a/2 |x_r|^2 + b ld_r): the recomputed forward then runs through the
  * last layer with log-determinants (quadratic_cotangent_block). */
-template <typename T>
+template <bool WIDE, typename T>
 PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                                              const long long* work_offsets,
                                              const long long* acc_offsets, int K, int dim,
@@ -1954,8 +1963,8 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
                                                         t + 2 * BLOCK_ROWS);
                 break;
             case KIND_RADIAL:
-                radial_map_chain<false, BLOCK_ROWS>(quadratic ? &lds : nullptr, wk, dim, in, out,
-                                                    ld, tmp);
+                radial_map_chain<WIDE, false, BLOCK_ROWS>(quadratic ? &lds : nullptr, wk, dim,
+                                                          in, out, ld, tmp);
                 break;
             default: elementwise_map_block<false, BLOCK_ROWS>(kinds[k], wk, dim, in, out, ldk);
         }
@@ -1980,8 +1989,8 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
             continue;
         }
         if (kinds[k] == KIND_RADIAL) {
-            radial_backward_block(wk, dim, zt, gt, gld, nrows, acc_k,
-                                  layer_vjp_lanes(lanes, k, dim), tmp);
+            radial_backward_block<WIDE>(wk, dim, zt, gt, gld, nrows, acc_k,
+                                        layer_vjp_lanes(lanes, k, dim), tmp);
             continue;
         }
         elementwise_vjp_block<false>(kinds[k], wk, dim, zt, gt, gld,
@@ -1992,17 +2001,17 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
 
 #undef PFC_XT
 
-/* Each block kernel is compiled for the baseline ISA, AVX2+FMA and AVX-512,
- * and the dispatcher picks the copy for `level` (vm::cpu_level(), read once
- * per call by the caller). */
+/* Each block kernel is compiled for the baseline ISA, AVX2+FMA and AVX-512
+ * (the last with WIDE), and the dispatcher picks the copy for `level`
+ * (vm::cpu_level(), read once per call by the caller). */
 #if PFC_VM_DISPATCH
 #define PFC_DEFINE_BLOCK_DISPATCH(name, PARAMS, ARGS)                        \
-    template <typename T> void name##_base PARAMS { name##_impl ARGS; }       \
+    template <typename T> void name##_base PARAMS { name##_impl<false> ARGS; } \
     template <typename T> PFC_VM_TARGET_AVX2 void name##_avx2 PARAMS {        \
-        name##_impl ARGS;                                                     \
+        name##_impl<false> ARGS;                                              \
     }                                                                         \
     template <typename T> PFC_VM_TARGET_AVX512 void name##_avx512 PARAMS {    \
-        name##_impl ARGS;                                                     \
+        name##_impl<true> ARGS;                                               \
     }                                                                         \
     template <typename T> inline void name(int level, PFC_UNPAREN PARAMS) {   \
         if (level == vm::LEVEL_AVX512) name##_avx512 ARGS;                    \
@@ -2013,7 +2022,7 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
 #define PFC_DEFINE_BLOCK_DISPATCH(name, PARAMS, ARGS)                        \
     template <typename T> inline void name(int level, PFC_UNPAREN PARAMS) {   \
         (void)level;                                                          \
-        name##_impl ARGS;                                                     \
+        name##_impl<false> ARGS;                                              \
     }
 #endif
 #define PFC_UNPAREN(...) __VA_ARGS__

@@ -103,7 +103,6 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::vm" nogil:
 cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
     enum:
         BLOCK_ROWS
-    void set_wide_sums(bint wide)
     int chain_block_scratch_size(int dim)
     long long chain_backward_scratch_size(int K, int dim)
     void chain_forward_block[T](int level, const int* kinds, const T* work,
@@ -151,17 +150,11 @@ def _set_max_cpu_level(int level):
     """Cap the CPU copy the block kernels run (a test hook); returns the old cap."""
     global _max_level
     old, _max_level = _max_level, level
-    set_wide_sums(_kernel_level() == 2)
     return old
 
 
 cdef inline int _kernel_level() noexcept nogil:
     return min(cpu_level(), _max_level)
-
-
-# The radial sweeps' register sums follow the copy the kernels run (see
-# wide_sums in rowwise_cpu.h).
-set_wide_sums(_kernel_level() == 2)
 
 
 cdef inline bint _kernel_ready(cnp.ndarray a) noexcept:
