@@ -5,11 +5,14 @@
  *  realnvp_bias_tanh_block   h = tanh(h + bias) through vm::tanh_array
  *    (<= 2.5 ulp, AVX-512 when available).  A forward pass evaluates
  *    num_masks * 2 * num_layers * units tanh per row (134M for 8 masks of
- *    2 x 64 units on 65,536 rows), ~40% of its time.  Replacing vm::tanh's
- *    division (vdivpd) by rcp14 + Newton + a Markstein correction, and
- *    interleaving 4 vectors' dependency chains, were both tried and gained
- *    nothing measurable (1.70 vs 1.73 ns/element): the ~45 vector
- *    instructions per 8 doubles saturate the two 512-bit ports.
+ *    2 x 64 units on 65,536 rows).  In double they are ~45% of its time:
+ *    replacing vm::tanh's division (vdivpd) by rcp14 + Newton + a Markstein
+ *    correction, and interleaving 4 vectors' dependency chains, were both
+ *    tried and gained nothing measurable (1.70 vs 1.73 ns/element): the ~45
+ *    vector instructions per 8 doubles saturate the two 512-bit ports.  In
+ *    float the AVX-512 copy evaluates piecewise polynomials from in-register
+ *    tables (pfc_vmath.h; 0.22 instead of 0.34 ns/element on Sapphire
+ *    Rapids), which took the float32 forward from ~72 to ~55 ms there.
  *
  *  realnvp_gemm   C (m x n) = init + X W with X read through two strides
  *    (so X or X^T, without copies) and W row-major (K x n); init is 0, a

@@ -48,7 +48,9 @@ units, N = 65536, 2026-12-01, AVX-512 path): forward ~187 ms float64, of
 which tanh (134M evaluations, ~1.35 ns each on one core, ~45 vector
 instructions per 8 doubles: port-bound, not division-bound) is ~48% and the
 GEMMs (10.7 GFLOP) ~37%, near the FMA peak; ~74 ms float32 (tanh ~32%,
-GEMMs ~47%).  benchmarks/RESULTS.md has the details.
+GEMMs ~47%), ~55 ms since float32 tanh_array takes piecewise polynomials
+from in-register tables on AVX-512 (2026-12-02: tanh ~28%, GEMMs ~57%).
+benchmarks/RESULTS.md has the details.
 
 Backward passes (``vjp``) recompute the forward of each block while keeping
 every coupling's input rows, tanh activations and exp(+-s) values in the
