@@ -765,40 +765,53 @@ PFC_VM_DEFINE_ARRAY(tanh)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace detail {
+/* The coefficient tables, loaded into registers once per loop. */
+struct TanhTableF32 {
+    __m512 lo[tanh_table::DEGREE + 3], hi[tanh_table::DEGREE + 3];
+    PFC_VM_TARGET_AVX512 inline __attribute__((always_inline)) TanhTableF32() {
+        for (int k = 0; k < tanh_table::DEGREE + 3; ++k) {
+            lo[k] = _mm512_load_ps(tanh_table::COEF[k]);
+            hi[k] = _mm512_load_ps(tanh_table::COEF[k] + 16);
+        }
+    }
+};
+
+/* tanh of 16 floats. */
+PFC_VM_TARGET_AVX512 inline __attribute__((always_inline)) __m512 tanh_table_f32(
+        const TanhTableF32& tab, __m512 x) {
+    namespace tt = tanh_table;
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+    const __m512i xi = _mm512_castps_si512(x);
+    const __m512 a = _mm512_min_ps(_mm512_set1_ps(tt::CAP),
+                                   _mm512_castsi512_ps(_mm512_and_si512(xi, abs_mask)));
+    const __m512i ai = _mm512_castps_si512(a);
+    const __m512i idx = _mm512_max_epi32(
+        _mm512_sub_epi32(_mm512_srli_epi32(ai, tt::SHIFT), _mm512_set1_epi32(tt::FIRST)),
+        _mm512_setzero_si512());
+    const __mmask16 binned = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.0625f), _CMP_GE_OQ);
+    const __m512 lo = _mm512_castsi512_ps(
+        _mm512_maskz_and_epi32(binned, ai, _mm512_set1_epi32(-(1 << tt::SHIFT))));
+    const __m512 t = _mm512_sub_ps(a, lo);
+    const int top = tt::DEGREE + 2;
+    __m512 p = _mm512_permutex2var_ps(tab.lo[top], idx, tab.hi[top]);
+    for (int k = top - 1; k >= 1; --k) {
+        p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(tab.lo[k], idx, tab.hi[k]));
+    }
+    p = _mm512_add_ps(p, _mm512_permutex2var_ps(tab.lo[0], idx, tab.hi[0]));
+    /* p >= 0: take x's sign bit (ternary logic: abs_mask ? p : x). */
+    return _mm512_castsi512_ps(
+        _mm512_ternarylogic_epi32(abs_mask, _mm512_castps_si512(p), xi, 0xca));
+}
+
 template <>
 PFC_VM_TARGET_AVX512 inline void tanh_array_avx512<float>(const float* in, float* out,
                                                          index_t n) {
-    namespace tt = tanh_table;
-    __m512 lo[tt::DEGREE + 3], hi[tt::DEGREE + 3];
-    for (int k = 0; k < tt::DEGREE + 3; ++k) {
-        lo[k] = _mm512_load_ps(tt::COEF[k]);
-        hi[k] = _mm512_load_ps(tt::COEF[k] + 16);
-    }
-    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
-    const __m512i lo_mask = _mm512_set1_epi32(-(1 << tt::SHIFT));
-    const __m512i first = _mm512_set1_epi32(tt::FIRST);
-    const __m512 cap = _mm512_set1_ps(tt::CAP);
-    const __m512 sixteenth = _mm512_set1_ps(0.0625f);
+    const TanhTableF32 tab;
     for (index_t i = 0; i < n; i += 16) {
         const __mmask16 live = (n - i >= 16) ? (__mmask16)0xffff
                                              : (__mmask16)((1u << (n - i)) - 1u);
-        const __m512i xi = _mm512_castps_si512(_mm512_maskz_loadu_ps(live, in + i));
-        const __m512 a = _mm512_min_ps(cap, _mm512_castsi512_ps(_mm512_and_si512(xi, abs_mask)));
-        const __m512i ai = _mm512_castps_si512(a);
-        const __m512i idx = _mm512_max_epi32(
-            _mm512_sub_epi32(_mm512_srli_epi32(ai, tt::SHIFT), first), _mm512_setzero_si512());
-        const __mmask16 binned = _mm512_cmp_ps_mask(a, sixteenth, _CMP_GE_OQ);
-        const __m512 t = _mm512_sub_ps(a, _mm512_castsi512_ps(
-                                              _mm512_maskz_and_epi32(binned, ai, lo_mask)));
-        const int top = tt::DEGREE + 2;
-        __m512 p = _mm512_permutex2var_ps(lo[top], idx, hi[top]);
-        for (int k = top - 1; k >= 1; --k) {
-            p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[k], idx, hi[k]));
-        }
-        p = _mm512_add_ps(p, _mm512_permutex2var_ps(lo[0], idx, hi[0]));
-        /* p >= 0: take x's sign bit (ternary logic: abs_mask ? p : x). */
-        const __m512i y = _mm512_ternarylogic_epi32(abs_mask, _mm512_castps_si512(p), xi, 0xca);
-        _mm512_mask_storeu_ps(out + i, live, _mm512_castsi512_ps(y));
+        const __m512 y = tanh_table_f32(tab, _mm512_maskz_loadu_ps(live, in + i));
+        _mm512_mask_storeu_ps(out + i, live, y);
     }
 }
 }  // namespace detail
