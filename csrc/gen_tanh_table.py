@@ -19,7 +19,18 @@ then its residual's minimax correction, rescaled so that the solver's
 tolerances are far below the residual).  Rounded to float32 the polynomials
 are within 0.21 ulp of tanh; with the evaluation's roundings the kernel is
 within 1.0 ulp (tests/test_vmath.py checks every float).
+
+The double tanh_array takes e^(-2|x|) = 2^m 2^(j/16) e^r, |r| <= ln2/32,
+from a 16-entry table of 2^(j/16): HI truncated to a multiple of 2^-50,
+so that 1 +- 2^m HI is exact for the m of |x| <= 0.55 (m >= -2), and RATIO =
+(2^(j/16) - HI) / HI; ln2/16 split as LN2_16_HI (42 bits: n LN2_16_HI is
+exact for |n| < 2^11) + LN2_16_LO.  Exact arithmetic: integer square roots
+and the decimal module.
 """
+
+import decimal
+import math
+from fractions import Fraction
 
 import numpy as np
 from scipy.optimize import linprog
@@ -68,6 +79,43 @@ def fit(lo, hi):
     return [hi32, lo32] + list(np.float32(q))
 
 
+def exp2_sixteenths(bits=200):
+    """2^(j/16), j = 0 .. 15, as Fractions correct to 2^-bits."""
+    out = []
+    for j in range(16):
+        v = 2**j << (16 * bits)
+        for _ in range(4):
+            v = math.isqrt(v)
+        out.append(Fraction(v, 2**bits))
+    return out
+
+
+def split(v, bits):
+    """(hi, lo): hi = v truncated to `bits` significant bits, lo = v - hi rounded."""
+    e = math.floor(math.log2(v))
+    hi = Fraction(math.floor(v * 2**(bits - 1 - e)), 2**(bits - 1 - e))
+    return float(hi), float(v - hi)
+
+
+def print_double_tables():
+    hi, ratio = [], []
+    for v in exp2_sixteenths():
+        h, _ = split(v, 51)   # a multiple of 2^-50
+        hi.append(h)
+        ratio.append(float((v - Fraction(h)) / Fraction(h)))
+    decimal.getcontext().prec = 60
+    ln2_16 = decimal.Decimal(2).ln() / 16
+    ln2_16 = Fraction(ln2_16)
+    c_hi, c_lo = split(ln2_16, 42)
+    print("/* double: 2^(j/16) = EXP2_16_HI[j] (1 + EXP2_16_RATIO[j]); ln2/16 = LN2_16_HI + LN2_16_LO. */")
+    for name, vals in (("EXP2_16_HI", hi), ("EXP2_16_RATIO", ratio)):
+        body = ",\n     ".join(", ".join(repr(v) for v in vals[i:i + 4]) for i in range(0, 16, 4))
+        print(f"alignas(64) const double {name}[16] = {{\n    {body}}};")
+    print(f"const double LN2_16_HI = {c_hi!r};")
+    print(f"const double LN2_16_LO = {c_lo!r};")
+    print(f"const double MINUS_32_OVER_LN2 = {float(-32 / Fraction(decimal.Decimal(2).ln()))!r};\n")
+
+
 def main():
     ivs = intervals()
     rows = np.zeros((ENTRIES, DEGREE + 3), dtype=np.float32)
@@ -91,6 +139,7 @@ def main():
         body = ",\n     ".join(lines)
         print(f"    /* {name} */\n    {{{body}}},")
     print("};\n")
+    print_double_tables()
     print("}  // namespace tanh_table\n}  // namespace vm\n}  // namespace pfc\n")
     print("#endif  /* PFC_TANH_TABLE_H */")
 

@@ -3,16 +3,16 @@
  * it builds on pfc_vmath.h and x86 intrinsics).
  *
  *  realnvp_bias_tanh_block   h = tanh(h + bias) through vm::tanh_array
- *    (<= 2.5 ulp, AVX-512 when available).  A forward pass evaluates
+ *    (<= 2.1 ulp, AVX-512 when available).  A forward pass evaluates
  *    num_masks * 2 * num_layers * units tanh per row (134M for 8 masks of
- *    2 x 64 units on 65,536 rows).  In double they are ~45% of its time:
- *    replacing vm::tanh's division (vdivpd) by rcp14 + Newton + a Markstein
- *    correction, and interleaving 4 vectors' dependency chains, were both
- *    tried and gained nothing measurable (1.70 vs 1.73 ns/element): the ~45
- *    vector instructions per 8 doubles saturate the two 512-bit ports.  In
- *    float the AVX-512 copy evaluates piecewise polynomials from in-register
- *    tables (pfc_vmath.h; 0.22 instead of 0.34 ns/element on Sapphire
- *    Rapids), which took the float32 forward from ~72 to ~55 ms there.
+ *    2 x 64 units on 65,536 rows).  With vm::tanh's ~45 vector operations
+ *    per 8 doubles (port-bound: rcp14 + Newton for its division, or four
+ *    interleaved dependency chains, gained nothing) they were ~50% of a
+ *    float64 forward, ~32% of a float32 one.  The AVX-512 copies now take
+ *    tables held in registers (pfc_vmath.h): float piecewise polynomials
+ *    (0.22 instead of 0.34 ns/element), double e^(-2|x|) through a table of
+ *    2^(j/16) (0.81 instead of 1.17); on Sapphire Rapids the float32 forward
+ *    went from ~72 to ~55 ms, the float64 one from ~170 to ~128 ms.
  *
  *  realnvp_gemm   C (m x n) = init + X W with X read through two strides
  *    (so X or X^T, without copies) and W row-major (K x n); init is 0, a

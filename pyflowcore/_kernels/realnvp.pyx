@@ -44,13 +44,14 @@ at least 16 rows, at most 512); the AVX-512 kernel has no such limit and
 uses 64-row blocks, which keep the backward's per-block scratch in L2.
 
 Measured (2-core shared machine, Sapphire Rapids, dim 16, 8 masks, 2 x 64
-units, N = 65536, 2026-12-01, AVX-512 path): forward ~187 ms float64, of
-which tanh (134M evaluations, ~1.35 ns each on one core, ~45 vector
-instructions per 8 doubles: port-bound, not division-bound) is ~48% and the
-GEMMs (10.7 GFLOP) ~37%, near the FMA peak; ~74 ms float32 (tanh ~32%,
-GEMMs ~47%), ~55 ms since float32 tanh_array takes piecewise polynomials
-from in-register tables on AVX-512 (2026-12-02: tanh ~28%, GEMMs ~57%).
-benchmarks/RESULTS.md has the details.
+units, N = 65536, AVX-512 path): on 2026-12-01 the forward took ~187 ms in
+float64, of which tanh (134M evaluations, ~1.35 ns each on one core, ~45
+vector instructions per 8 doubles: port-bound, not division-bound) was ~48%
+and the GEMMs (10.7 GFLOP) ~37%, near the FMA peak; ~74 ms in float32 (tanh
+~32%, GEMMs ~47%).  Since tanh_array's AVX-512 copies take their tables from
+registers (csrc/pfc_vmath.h; 2026-12-02): ~128 ms float64 (tanh ~41%),
+~55 ms float32 (tanh ~28%, GEMMs ~57%).  benchmarks/RESULTS.md has the
+details.
 
 Backward passes (``vjp``) recompute the forward of each block while keeping
 every coupling's input rows, tanh activations and exp(+-s) values in the
