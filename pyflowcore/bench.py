@@ -47,6 +47,13 @@ Method
    project's 2-core machine, after pyflowcore's calls, torch.compile's W5
    at N = 64 took 16 ms per call instead of 40 µs).  ``--same-process``
    runs everything in one process, as a user mixing the libraries would.
+5. Drift.  A shared VM's speed drifts by 10-20% over minutes, so a ratio of
+   two medians taken minutes apart moves with it.  pyflowcore is timed
+   again after each worker process: an isolated peer's ratio divides by the
+   mean of pyflowcore's medians just before and just after its worker, and
+   pyflowcore's own row shows the median over all its passes.  (An
+   in-process peer is timed right after pyflowcore's first pass, which is
+   its reference.)
 
 Workloads (dim 16; N = 65,536, or ``--quick``'s smaller N shown in the
 table): W1 16 planar layers, forward + log-det; W2 the same, forward and the
@@ -473,6 +480,7 @@ class Row:
     compile_s: float = None
     rel_err: float = None
     note: str = ""
+    ref_s: float = None  # the pyflowcore median ``ratio`` divides by (Method, 5)
 
 
 def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, seed=0,
@@ -507,6 +515,8 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
     missing = {b.name: b.unavailable() for b in peers if not isinstance(b, Isolated)}
     jobs = [(w, np.dtype(dtype).name) for w in workloads for dtype in dtypes]
     table = {}  # (job index, backend name) -> Row
+    ref_runs = []  # per job: the reference's prepared call
+    ref_passes = []  # per job: the reference's median in each pass
     with tempfile.TemporaryDirectory(prefix="pyflowcore-bench-") as tmp:
         manifest = []
         for j, (w, dtype) in enumerate(jobs):
@@ -514,30 +524,38 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
             ref = reference.prepare(problem)
             ref_results = ref.results(ref.run())
             ref_s = time_call(ref.run, **timing)
+            ref_runs.append(ref.run)
+            ref_passes.append([ref_s])
             table[j, reference.name] = Row(w, dtype, reference.name, "ok", ref_s, 1.0,
-                                           ref.compile_s, 0.0)
+                                           ref.compile_s, 0.0, ref_s=ref_s)
             log(f"{w.key} {w.title} N={w.n} {dtype} {reference.name}: {_fmt_time(ref_s)}")
             for b in peers:
                 if not isinstance(b, Isolated):
-                    table[j, b.name] = _measure_peer(b, problem, ref_results, missing[b.name],
-                                                     tolerance[dtype], timing, reference.name,
-                                                     log)
+                    row = _measure_peer(b, problem, ref_results, missing[b.name],
+                                        tolerance[dtype], timing, reference.name, log)
+                    row.ref_s = ref_s
+                    table[j, b.name] = row
             if workers:
                 manifest.append(_save_job(tmp, j, problem, ref_results))
         for b in workers:
             log(f"{b.name}: timing in a worker process ...")
-            for j, row in enumerate(_run_worker(b, tmp, manifest, tolerance, timing,
-                                                reference.name, verbose)):
+            worker_rows = _run_worker(b, tmp, manifest, tolerance, timing, reference.name,
+                                      verbose)
+            log(f"{reference.name}: timing again ...")
+            for j, row in enumerate(worker_rows):
                 w, dtype = jobs[j]
-                table[j, b.name] = Row(w, dtype, b.name, **row)
+                ref_passes[j].append(time_call(ref_runs[j], **timing))
+                table[j, b.name] = Row(w, dtype, b.name, **row,
+                                       ref_s=0.5 * (ref_passes[j][-2] + ref_passes[j][-1]))
     rows = []
     for j in range(len(jobs)):
         ref_row = table[j, reference.name]
+        ref_row.median_s = ref_row.ref_s = statistics.median(ref_passes[j])
         rows.append(ref_row)
         for b in peers:
             row = table[j, b.name]
             if row.status == "ok":
-                row.ratio = row.median_s / ref_row.median_s
+                row.ratio = row.median_s / row.ref_s
             rows.append(row)
     return rows
 
@@ -763,7 +781,9 @@ def _machine_header(backends):
 def report(rows, limits, backends, settings):
     out = ["# pyflowcore vs NumPy / PyTorch / JAX (CPU)", "",
            _machine_header(backends), "", settings, "",
-           "ratio = peer median / pyflowcore median (> 1: pyflowcore is faster). "
+           "ratio = peer median / pyflowcore median (> 1: pyflowcore is faster); an isolated "
+           "peer's against pyflowcore timed just before and after it (the mean), pyflowcore's "
+           "row the median over its passes. "
            "compile = JAX `lower().compile()` or torch.compile's first call, not in the median. "
            "rel. err = max|peer - pyflowcore| / max|pyflowcore| over the outputs, "
            f"checked before timing (float64 <= {TOLERANCE['float64']:.0e}, "
