@@ -31,8 +31,8 @@
  *   planar: t = tanh(s) and hp = 1 - t^2 from one exponential and one
  *     division (vm::tanh_sech2, hp keeps its relative accuracy for large
  *     |s|; the float forward on AVX-512 takes t from vm's tanh tables and
- *     hp = 1 - t^2, see planar_act_block); log D = log1p(hp c) where hp c > -1/2, else log(t^2 + hp sp),
- *     both through one vm::log_sum_normal (log(u) + c/u with u = fl(1 + q)
+ *     hp = 1 - t^2, see planar_act_block); log D = log1p(hp c) where
+ *     hp c > -1/2, else log(t^2 + hp sp), both through one vm::log_sum_normal (log(u) + c/u with u = fl(1 + q)
  *     and c its rounding error is log1p(q)), one more division.  In a chain
  *     with several planar or radial layers the factors are multiplied up
  *     instead and one or two logarithms per row end the block (LogProduct);
