@@ -1,5 +1,5 @@
-"""Generate ``pfc_tanh_table.h``: the piecewise polynomials of the AVX-512
-float32 tanh in ``pfc_vmath.h`` (``tanh_array`` at LEVEL_AVX512).
+"""Generate ``pfc_tanh_table.h``: the tables of ``tanh_array``'s AVX-512
+copies in ``pfc_vmath.h`` (float32 piecewise polynomials, float64 2^(j/16)).
 
     python csrc/gen_tanh_table.py > csrc/pfc_tanh_table.h
 
