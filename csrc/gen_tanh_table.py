@@ -104,16 +104,15 @@ def print_double_tables():
         hi.append(h)
         ratio.append(float((v - Fraction(h)) / Fraction(h)))
     decimal.getcontext().prec = 60
-    ln2_16 = decimal.Decimal(2).ln() / 16
-    ln2_16 = Fraction(ln2_16)
-    c_hi, c_lo = split(ln2_16, 42)
+    ln2 = Fraction(decimal.Decimal(2).ln())
+    c_hi, c_lo = split(ln2 / 16, 42)
     print("/* double: 2^(j/16) = EXP2_16_HI[j] (1 + EXP2_16_RATIO[j]); ln2/16 = LN2_16_HI + LN2_16_LO. */")
     for name, vals in (("EXP2_16_HI", hi), ("EXP2_16_RATIO", ratio)):
         body = ",\n     ".join(", ".join(repr(v) for v in vals[i:i + 4]) for i in range(0, 16, 4))
         print(f"alignas(64) const double {name}[16] = {{\n    {body}}};")
     print(f"const double LN2_16_HI = {c_hi!r};")
     print(f"const double LN2_16_LO = {c_lo!r};")
-    print(f"const double MINUS_32_OVER_LN2 = {float(-32 / Fraction(decimal.Decimal(2).ln()))!r};\n")
+    print(f"const double MINUS_32_OVER_LN2 = {float(-32 / ln2)!r};\n")
 
 
 def main():

@@ -42,10 +42,8 @@
 #include "realnvp.h"
 
 #if PFC_VM_DISPATCH
-#include <immintrin.h>
 #define PFC_RNVP_SIMD 1
-#define PFC_RNVP_TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
-#define PFC_RNVP_INL PFC_RNVP_TARGET inline __attribute__((always_inline))
+#define PFC_RNVP_TARGET PFC_VM_TARGET_AVX512
 #else
 #define PFC_RNVP_SIMD 0
 #endif
@@ -64,34 +62,8 @@ inline bool realnvp_simd() {
 #if PFC_RNVP_SIMD
 namespace rnvp {
 
-/* One zmm register of T: the few operations the kernels need. */
-template <typename T> struct V;
-
-template <> struct V<double> {
-    typedef __m512d v;
-    typedef __mmask8 m;
-    enum { L = 8 };
-    static PFC_RNVP_INL m tail(int n) { return (m)((n >= 8) ? 0xff : ((1u << n) - 1u)); }
-    static PFC_RNVP_INL v load(const double* p, m k) { return _mm512_maskz_loadu_pd(k, p); }
-    static PFC_RNVP_INL void store(double* p, v a, m k) { _mm512_mask_storeu_pd(p, k, a); }
-    static PFC_RNVP_INL v set1(double a) { return _mm512_set1_pd(a); }
-    static PFC_RNVP_INL v zero() { return _mm512_setzero_pd(); }
-    static PFC_RNVP_INL v fma(v a, v b, v c) { return _mm512_fmadd_pd(a, b, c); }
-    static PFC_RNVP_INL v add(v a, v b) { return _mm512_add_pd(a, b); }
-};
-
-template <> struct V<float> {
-    typedef __m512 v;
-    typedef __mmask16 m;
-    enum { L = 16 };
-    static PFC_RNVP_INL m tail(int n) { return (m)((n >= 16) ? 0xffff : ((1u << n) - 1u)); }
-    static PFC_RNVP_INL v load(const float* p, m k) { return _mm512_maskz_loadu_ps(k, p); }
-    static PFC_RNVP_INL void store(float* p, v a, m k) { _mm512_mask_storeu_ps(p, k, a); }
-    static PFC_RNVP_INL v set1(float a) { return _mm512_set1_ps(a); }
-    static PFC_RNVP_INL v zero() { return _mm512_setzero_ps(); }
-    static PFC_RNVP_INL v fma(v a, v b, v c) { return _mm512_fmadd_ps(a, b, c); }
-    static PFC_RNVP_INL v add(v a, v b) { return _mm512_add_ps(a, b); }
-};
+/* One zmm register of T (pfc_vmath.h). */
+template <typename T> using V = vm::detail::Zmm<T>;
 
 /* One tile: R rows x NV vectors of C, the last vector masked by `last`. */
 template <typename T, int R, int NV>

@@ -32,8 +32,9 @@
  *     division (vm::tanh_sech2, hp keeps its relative accuracy for large
  *     |s|; the float forward on AVX-512 takes t from vm's tanh tables and
  *     hp = 1 - t^2, see planar_act_block); log D = log1p(hp c) where
- *     hp c > -1/2, else log(t^2 + hp sp), both through one vm::log_sum_normal (log(u) + c/u with u = fl(1 + q)
- *     and c its rounding error is log1p(q)), one more division.  In a chain
+ *     hp c > -1/2, else log(t^2 + hp sp), both through one
+ *     vm::log_sum_normal (log(u) + c/u with u = fl(1 + q) and c its
+ *     rounding error is log1p(q)), one more division.  In a chain
  *     with several planar or radial layers the factors are multiplied up
  *     instead and one or two logarithms per row end the block (LogProduct);
  *     where a layer's parameters bound its factors (near one, or in range:
@@ -295,7 +296,7 @@ template <int R>
 PFC_VM_TARGET_AVX512 inline void planar_act_block_avx512(const float* s, float* t, float* hp) {
     const vm::detail::TanhTableF32 tab;
     for (int r = 0; r < R; r += 16) {
-        const __m512 tr = vm::detail::tanh_table_f32(tab, _mm512_loadu_ps(s + r));
+        const __m512 tr = vm::detail::tanh_zmm(tab, _mm512_loadu_ps(s + r));
         _mm512_storeu_ps(t + r, tr);
         _mm512_storeu_ps(hp + r, _mm512_fnmadd_ps(tr, tr, _mm512_set1_ps(1.0f)));
     }
