@@ -211,9 +211,10 @@ def assert_block_inverse_vjp_is_the_row_vjp(chain, x):
 # and a mix of all.
 PLANAR_REGIMES = {
     "near_identity": [1e-6],
+    "near_identity_below": [-1e-6],
     "contracting": [-0.999],
     "expanding": [500.0],
-    "mixed": [-0.999, 1e-6, 500.0, 2.0, -0.6, 0.3],
+    "mixed": [-0.999, 1e-6, 500.0, 2.0, -0.6, 0.3, -0.3],
 }
 
 
@@ -341,9 +342,10 @@ def test_chain_vjps_match_finite_differences_in_blocks(direction, n):
 # expanding, and a mix with planar layers in the same chain.
 RADIAL_REGIMES = {
     "near_identity": [1e-6],
+    "near_identity_below": [-1e-6],
     "contracting": [-0.999],
     "expanding": [200.0],
-    "mixed": [-0.999, 1e-6, 200.0, "planar", 0.5],
+    "mixed": [-0.999, 1e-6, 200.0, "planar", 0.5, -0.3],
 }
 
 
