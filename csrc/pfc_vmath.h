@@ -758,8 +758,9 @@ namespace detail {
 #define PFC_VM_ZMM_INL PFC_VM_TARGET_AVX512 inline __attribute__((always_inline))
 
 /* One zmm register of T and the few operations on it that the AVX-512
- * kernels need (these and realnvp_cpu.h's GEMM tiles); tail(n) masks the
- * first min(n, L) lanes. */
+ * kernels need (these, realnvp_cpu.h's GEMM tiles and rowwise_cpu.h's
+ * radial square roots); tail(n) masks the first min(n, L) lanes, fnma(a,
+ * b, c) is c - a b rounded once, rsqrt14 and rcp14 the 2^-14 estimates. */
 template <typename T> struct Zmm;
 
 template <> struct Zmm<double> {
@@ -772,7 +773,11 @@ template <> struct Zmm<double> {
     static PFC_VM_ZMM_INL v set1(double a) { return _mm512_set1_pd(a); }
     static PFC_VM_ZMM_INL v zero() { return _mm512_setzero_pd(); }
     static PFC_VM_ZMM_INL v fma(v a, v b, v c) { return _mm512_fmadd_pd(a, b, c); }
+    static PFC_VM_ZMM_INL v fnma(v a, v b, v c) { return _mm512_fnmadd_pd(a, b, c); }
     static PFC_VM_ZMM_INL v add(v a, v b) { return _mm512_add_pd(a, b); }
+    static PFC_VM_ZMM_INL v mul(v a, v b) { return _mm512_mul_pd(a, b); }
+    static PFC_VM_ZMM_INL v rsqrt14(v a) { return _mm512_rsqrt14_pd(a); }
+    static PFC_VM_ZMM_INL v rcp14(v a) { return _mm512_rcp14_pd(a); }
 };
 
 template <> struct Zmm<float> {
@@ -785,7 +790,11 @@ template <> struct Zmm<float> {
     static PFC_VM_ZMM_INL v set1(float a) { return _mm512_set1_ps(a); }
     static PFC_VM_ZMM_INL v zero() { return _mm512_setzero_ps(); }
     static PFC_VM_ZMM_INL v fma(v a, v b, v c) { return _mm512_fmadd_ps(a, b, c); }
+    static PFC_VM_ZMM_INL v fnma(v a, v b, v c) { return _mm512_fnmadd_ps(a, b, c); }
     static PFC_VM_ZMM_INL v add(v a, v b) { return _mm512_add_ps(a, b); }
+    static PFC_VM_ZMM_INL v mul(v a, v b) { return _mm512_mul_ps(a, b); }
+    static PFC_VM_ZMM_INL v rsqrt14(v a) { return _mm512_rsqrt14_ps(a); }
+    static PFC_VM_ZMM_INL v rcp14(v a) { return _mm512_rcp14_ps(a); }
 };
 
 /* The float coefficient tables, loaded into registers once per loop:
