@@ -759,8 +759,10 @@ namespace detail {
 
 /* One zmm register of T and the few operations on it that the AVX-512
  * kernels need (these, realnvp_cpu.h's GEMM tiles and rowwise_cpu.h's
- * radial square roots); tail(n) masks the first min(n, L) lanes, fnma(a,
- * b, c) is c - a b rounded once, rsqrt14 and rcp14 the 2^-14 estimates. */
+ * radial square roots); tail(n) masks the first min(n, L) lanes, load and
+ * store take such a mask, loadu and storeu move whole vectors, fnma(a, b,
+ * c) is c - a b rounded once, rsqrt14 and rcp14 the 2^-14 estimates.  Ymm
+ * below is the AVX2 counterpart of the GEMM's subset. */
 template <typename T> struct Zmm;
 
 template <> struct Zmm<double> {
@@ -770,6 +772,8 @@ template <> struct Zmm<double> {
     static PFC_VM_ZMM_INL m tail(index_t n) { return (m)((n >= 8) ? 0xff : ((1u << n) - 1u)); }
     static PFC_VM_ZMM_INL v load(const double* p, m k) { return _mm512_maskz_loadu_pd(k, p); }
     static PFC_VM_ZMM_INL void store(double* p, v a, m k) { _mm512_mask_storeu_pd(p, k, a); }
+    static PFC_VM_ZMM_INL v loadu(const double* p) { return _mm512_loadu_pd(p); }
+    static PFC_VM_ZMM_INL void storeu(double* p, v a) { _mm512_storeu_pd(p, a); }
     static PFC_VM_ZMM_INL v set1(double a) { return _mm512_set1_pd(a); }
     static PFC_VM_ZMM_INL v zero() { return _mm512_setzero_pd(); }
     static PFC_VM_ZMM_INL v fma(v a, v b, v c) { return _mm512_fmadd_pd(a, b, c); }
@@ -787,6 +791,8 @@ template <> struct Zmm<float> {
     static PFC_VM_ZMM_INL m tail(index_t n) { return (m)((n >= 16) ? 0xffff : ((1u << n) - 1u)); }
     static PFC_VM_ZMM_INL v load(const float* p, m k) { return _mm512_maskz_loadu_ps(k, p); }
     static PFC_VM_ZMM_INL void store(float* p, v a, m k) { _mm512_mask_storeu_ps(p, k, a); }
+    static PFC_VM_ZMM_INL v loadu(const float* p) { return _mm512_loadu_ps(p); }
+    static PFC_VM_ZMM_INL void storeu(float* p, v a) { _mm512_storeu_ps(p, a); }
     static PFC_VM_ZMM_INL v set1(float a) { return _mm512_set1_ps(a); }
     static PFC_VM_ZMM_INL v zero() { return _mm512_setzero_ps(); }
     static PFC_VM_ZMM_INL v fma(v a, v b, v c) { return _mm512_fmadd_ps(a, b, c); }
@@ -795,6 +801,49 @@ template <> struct Zmm<float> {
     static PFC_VM_ZMM_INL v mul(v a, v b) { return _mm512_mul_ps(a, b); }
     static PFC_VM_ZMM_INL v rsqrt14(v a) { return _mm512_rsqrt14_ps(a); }
     static PFC_VM_ZMM_INL v rcp14(v a) { return _mm512_rcp14_ps(a); }
+};
+
+#define PFC_VM_YMM_INL PFC_VM_TARGET_AVX2 inline __attribute__((always_inline))
+
+/* One ymm register of T with Zmm's interface as far as realnvp_cpu.h's GEMM
+ * tiles use it.  AVX2 has no mask registers: a mask is a vector whose lanes
+ * are all ones (taken) or zero, and masked loads and stores are vmaskmov,
+ * which is slow to store on AMD cores, so the tiles use it only for a
+ * panel's ragged last vector. */
+template <typename T> struct Ymm;
+
+template <> struct Ymm<double> {
+    typedef __m256d v;
+    typedef __m256i m;
+    enum { L = 4 };
+    static PFC_VM_YMM_INL m tail(index_t n) {
+        return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)(n < 4 ? n : 4)),
+                                  _mm256_setr_epi64x(0, 1, 2, 3));
+    }
+    static PFC_VM_YMM_INL v load(const double* p, m k) { return _mm256_maskload_pd(p, k); }
+    static PFC_VM_YMM_INL void store(double* p, v a, m k) { _mm256_maskstore_pd(p, k, a); }
+    static PFC_VM_YMM_INL v loadu(const double* p) { return _mm256_loadu_pd(p); }
+    static PFC_VM_YMM_INL void storeu(double* p, v a) { _mm256_storeu_pd(p, a); }
+    static PFC_VM_YMM_INL v set1(double a) { return _mm256_set1_pd(a); }
+    static PFC_VM_YMM_INL v zero() { return _mm256_setzero_pd(); }
+    static PFC_VM_YMM_INL v fma(v a, v b, v c) { return _mm256_fmadd_pd(a, b, c); }
+};
+
+template <> struct Ymm<float> {
+    typedef __m256 v;
+    typedef __m256i m;
+    enum { L = 8 };
+    static PFC_VM_YMM_INL m tail(index_t n) {
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 8 ? n : 8)),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
+    static PFC_VM_YMM_INL v load(const float* p, m k) { return _mm256_maskload_ps(p, k); }
+    static PFC_VM_YMM_INL void store(float* p, v a, m k) { _mm256_maskstore_ps(p, k, a); }
+    static PFC_VM_YMM_INL v loadu(const float* p) { return _mm256_loadu_ps(p); }
+    static PFC_VM_YMM_INL void storeu(float* p, v a) { _mm256_storeu_ps(p, a); }
+    static PFC_VM_YMM_INL v set1(float a) { return _mm256_set1_ps(a); }
+    static PFC_VM_YMM_INL v zero() { return _mm256_setzero_ps(); }
+    static PFC_VM_YMM_INL v fma(v a, v b, v c) { return _mm256_fmadd_ps(a, b, c); }
 };
 
 /* The float coefficient tables, loaded into registers once per loop:

@@ -19,10 +19,13 @@
  *    bias row or C itself.  At the sizes of one row block (m = 64, n, K <=
  *    128) OpenBLAS spends much of its time packing operands (and a beta
  *    pass), and above m n K = 2^18 hands the call to its own thread pool,
- *    which the kernel's OpenMP team must not trigger.  The AVX-512
- *    register-tiled kernel (6 rows x 4 vectors of accumulators, W read
- *    straight from L1) needs neither packing nor a size limit.  Sums over
- *    k run in order, so results do not depend on threads.
+ *    which the kernel's OpenMP team must not trigger.  The register-tiled
+ *    kernel (6 rows x 4 zmm or 2 ymm of accumulators, W read straight from
+ *    L1; realnvp_gemm_isa.h, one copy per ISA) needs neither packing nor a
+ *    size limit.  Sums over k run in order, so results do not depend on
+ *    threads, nor on the ISA.  On an AVX2-only AMD EPYC (Zen 1) the BLAS
+ *    path spent ~12% of a float32 forward packing operands and ~12% more
+ *    initialising C with the biases, beside ~40% in sgemm's kernel.
  *
  *  realnvp_col_sums, realnvp_tanh_grad_sums   the bias gradients of the
  *    backward: column sums of a block of cotangents, the latter fused with
@@ -31,8 +34,8 @@
  *    load-add-store per value: ~15% of the backward.  Rows are summed in
  *    order, so results do not depend on threads.
  *
- * realnvp_simd() says whether realnvp_gemm can run; the Cython kernel calls
- * BLAS otherwise.  realnvp_tanh_row in realnvp.h stays the definition the
+ * realnvp_simd_level() says which copy of realnvp_gemm runs, if any; the
+ * Cython kernel calls BLAS otherwise.  realnvp_tanh_row in realnvp.h stays the definition the
  * GPU uses.
  */
 #ifndef PFC_REALNVP_CPU_H
@@ -43,7 +46,6 @@
 
 #if PFC_VM_DISPATCH
 #define PFC_RNVP_SIMD 1
-#define PFC_RNVP_TARGET PFC_VM_TARGET_AVX512
 #else
 #define PFC_RNVP_SIMD 0
 #endif
@@ -51,103 +53,35 @@
 namespace pfc {
 namespace cpu {
 
-inline bool realnvp_simd() {
+/* The vector ISA of realnvp_gemm on this CPU (vm::LEVEL_AVX512 or
+ * LEVEL_AVX2), or vm::LEVEL_BASELINE where it cannot run and the Cython
+ * kernel calls BLAS instead. */
+inline int realnvp_simd_level() {
 #if PFC_RNVP_SIMD
-    return vm::cpu_level() == vm::LEVEL_AVX512;
+    return vm::cpu_level();
 #else
-    return false;
+    return vm::LEVEL_BASELINE;
 #endif
 }
 
 #if PFC_RNVP_SIMD
 namespace rnvp {
 
-/* One zmm register of T (pfc_vmath.h). */
+namespace avx512 {
 template <typename T> using V = vm::detail::Zmm<T>;
+enum { PANEL_VECTORS = 4 };
+#define PFC_RNVP_TARGET PFC_VM_TARGET_AVX512
+#include "realnvp_gemm_isa.h"
+#undef PFC_RNVP_TARGET
+}  // namespace avx512
 
-/* One tile: R rows x NV vectors of C, the last vector masked by `last`. */
-template <typename T, int R, int NV>
-PFC_RNVP_TARGET void gemm_tile(index_t K, const T* x, index_t xrs, index_t xks, const T* w,
-                               index_t ldw, const T* bias, bool acc_c, T* c, index_t ldc,
-                               typename V<T>::m last) {
-    typedef V<T> S;
-    typename S::v acc[R][NV];
-    const typename S::m full = S::tail(S::L);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) {
-            const typename S::m k = (v == NV - 1) ? last : full;
-            acc[r][v] = acc_c ? S::load(c + r * ldc + v * S::L, k)
-                      : bias ? S::load(bias + v * S::L, k) : S::zero();
-        }
-    }
-    for (index_t k = 0; k < K; ++k) {
-        typename S::v wv[NV];
-        const T* wk = w + k * ldw;
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) wv[v] = S::load(wk + v * S::L, (v == NV - 1) ? last : full);
-        const T* xk = x + k * xks;
-#pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-            const typename S::v xb = S::set1(xk[r * xrs]);
-#pragma GCC unroll 16
-            for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(xb, wv[v], acc[r][v]);
-        }
-    }
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) {
-            S::store(c + r * ldc + v * S::L, acc[r][v], (v == NV - 1) ? last : full);
-        }
-    }
-}
-
-/* Rows of one column panel of NV vectors, in tiles of 6 (12 for a single
- * vector, whose tiles would otherwise leave most registers idle). */
-template <typename T, int NV>
-PFC_RNVP_TARGET void gemm_panel(index_t m, index_t K, const T* x, index_t xrs, index_t xks,
-                                const T* w, index_t ldw, const T* bias, bool acc_c, T* c,
-                                index_t ldc, typename V<T>::m last) {
-    constexpr int R = NV == 1 ? 12 : 6;
-    index_t i = 0;
-    for (; i + R <= m; i += R) {
-        gemm_tile<T, R, NV>(K, x + i * xrs, xrs, xks, w, ldw, bias, acc_c, c + i * ldc, ldc, last);
-    }
-    const index_t rem = m - i;
-    x += i * xrs;
-    c += i * ldc;
-#define PFC_RNVP_TILE(r) \
-    case r: gemm_tile<T, r, NV>(K, x, xrs, xks, w, ldw, bias, acc_c, c, ldc, last); break;
-    switch (rem) {
-        PFC_RNVP_TILE(1) PFC_RNVP_TILE(2) PFC_RNVP_TILE(3) PFC_RNVP_TILE(4)
-        PFC_RNVP_TILE(5) PFC_RNVP_TILE(6) PFC_RNVP_TILE(7) PFC_RNVP_TILE(8)
-        PFC_RNVP_TILE(9) PFC_RNVP_TILE(10) PFC_RNVP_TILE(11)
-        default: break;
-    }
-#undef PFC_RNVP_TILE
-}
-
-template <typename T>
-PFC_RNVP_TARGET void gemm(index_t m, int n, index_t K, const T* x, index_t xrs, index_t xks,
-                          const T* w, index_t ldw, const T* bias, bool acc_c, T* c,
-                          index_t ldc) {
-    typedef V<T> S;
-    constexpr int PANEL = 4 * S::L;
-    for (int j = 0; j < n; j += PANEL) {
-        const int nj = (n - j < PANEL) ? n - j : PANEL;
-        const int nv = (nj + S::L - 1) / S::L;
-        const typename S::m last = S::tail(nj - (nv - 1) * S::L);
-        const T* bj = bias ? bias + j : bias;
-        switch (nv) {
-            case 1: gemm_panel<T, 1>(m, K, x, xrs, xks, w + j, ldw, bj, acc_c, c + j, ldc, last); break;
-            case 2: gemm_panel<T, 2>(m, K, x, xrs, xks, w + j, ldw, bj, acc_c, c + j, ldc, last); break;
-            case 3: gemm_panel<T, 3>(m, K, x, xrs, xks, w + j, ldw, bj, acc_c, c + j, ldc, last); break;
-            default: gemm_panel<T, 4>(m, K, x, xrs, xks, w + j, ldw, bj, acc_c, c + j, ldc, last); break;
-        }
-    }
-}
+namespace avx2 {
+template <typename T> using V = vm::detail::Ymm<T>;
+enum { PANEL_VECTORS = 2 };
+#define PFC_RNVP_TARGET PFC_VM_TARGET_AVX2
+#include "realnvp_gemm_isa.h"
+#undef PFC_RNVP_TARGET
+}  // namespace avx2
 
 }  // namespace rnvp
 #endif  /* PFC_RNVP_SIMD */
@@ -193,39 +127,49 @@ void col_sums_base(T* d, index_t ld, const T* h, index_t rows, int n, T* sums) {
 
 #if PFC_RNVP_SIMD
 template <bool TANH_GRAD, typename T>
-PFC_RNVP_TARGET void col_sums_avx512(T* d, index_t ld, const T* h, index_t rows, int n,
-                                     T* sums) {
+PFC_VM_TARGET_AVX512 void col_sums_avx512(T* d, index_t ld, const T* h, index_t rows, int n,
+                                          T* sums) {
+    col_sums_body<TANH_GRAD>(d, ld, h, rows, n, sums);
+}
+
+template <bool TANH_GRAD, typename T>
+PFC_VM_TARGET_AVX2 void col_sums_avx2(T* d, index_t ld, const T* h, index_t rows, int n,
+                                      T* sums) {
     col_sums_body<TANH_GRAD>(d, ld, h, rows, n, sums);
 }
 #endif
 
 template <bool TANH_GRAD, typename T>
-inline void col_sums(bool simd, T* d, index_t ld, const T* h, index_t rows, int n, T* sums) {
+inline void col_sums(int level, T* d, index_t ld, const T* h, index_t rows, int n, T* sums) {
 #if PFC_RNVP_SIMD
-    if (simd) {
+    if (level == vm::LEVEL_AVX512) {
         col_sums_avx512<TANH_GRAD>(d, ld, h, rows, n, sums);
         return;
     }
+    if (level == vm::LEVEL_AVX2) {
+        col_sums_avx2<TANH_GRAD>(d, ld, h, rows, n, sums);
+        return;
+    }
 #endif
-    (void)simd;
+    (void)level;
     col_sums_base<TANH_GRAD>(d, ld, h, rows, n, sums);
 }
 
 }  // namespace rnvp
 
-/* sums[j] += sum_{r < rows} d[r * ld + j] for j < n (the rows in order).
- * simd: the AVX-512 copy (realnvp_simd() must be true). */
+/* sums[j] += sum_{r < rows} d[r * ld + j] for j < n (the rows in order),
+ * in the copy for `level` (at most realnvp_simd_level()). */
 template <typename T>
-inline void realnvp_col_sums(bool simd, const T* d, index_t ld, index_t rows, int n, T* sums) {
-    rnvp::col_sums<false>(simd, const_cast<T*>(d), ld, d, rows, n, sums);
+inline void realnvp_col_sums(int level, const T* d, index_t ld, index_t rows, int n, T* sums) {
+    rnvp::col_sums<false>(level, const_cast<T*>(d), ld, d, rows, n, sums);
 }
 
 /* d[r * ld + j] *= 1 - h[r * ld + j]^2, the tanh derivative at the stored
  * activation h, then sums[j] += d[r * ld + j], for r < rows, j < n. */
 template <typename T>
-inline void realnvp_tanh_grad_sums(bool simd, T* d, const T* h, index_t ld, index_t rows, int n,
+inline void realnvp_tanh_grad_sums(int level, T* d, const T* h, index_t ld, index_t rows, int n,
                                    T* sums) {
-    rnvp::col_sums<true>(simd, d, ld, h, rows, n, sums);
+    rnvp::col_sums<true>(level, d, ld, h, rows, n, sums);
 }
 
 /* realnvp_coupling_row (realnvp.h) for every r < rows: the nc changed
@@ -264,16 +208,22 @@ inline void realnvp_coupling_block(bool inverse, const int* changed, int nc, ind
 
 /* C[i * ldc + j] = init_ij + sum_{k < K} X[i * xrs + k * xks] W[k * ldw + j]
  * for i < m, j < n, with init_ij = C[i * ldc + j] if acc_c, else bias[j]
- * (0 when bias is NULL).  AVX-512 only: callers check realnvp_simd(). */
+ * (0 when bias is NULL), in the copy for `level`: vm::LEVEL_AVX512 or
+ * LEVEL_AVX2, at most realnvp_simd_level() (callers check; both copies give
+ * the same bits). */
 template <typename T>
-inline void realnvp_gemm(index_t m, int n, index_t K, const T* x, index_t xrs, index_t xks,
-                         const T* w, index_t ldw, const T* bias, bool acc_c, T* c,
+inline void realnvp_gemm(int level, index_t m, int n, index_t K, const T* x, index_t xrs,
+                         index_t xks, const T* w, index_t ldw, const T* bias, bool acc_c, T* c,
                          index_t ldc) {
 #if PFC_RNVP_SIMD
-    rnvp::gemm(m, n, K, x, xrs, xks, w, ldw, bias, acc_c, c, ldc);
+    if (level == vm::LEVEL_AVX512) {
+        rnvp::avx512::gemm(m, n, K, x, xrs, xks, w, ldw, bias, acc_c, c, ldc);
+    } else if (level == vm::LEVEL_AVX2) {
+        rnvp::avx2::gemm(m, n, K, x, xrs, xks, w, ldw, bias, acc_c, c, ldc);
+    }
 #else
-    (void)m; (void)n; (void)K; (void)x; (void)xrs; (void)xks; (void)w; (void)ldw;
-    (void)bias; (void)acc_c; (void)c; (void)ldc;
+    (void)level; (void)m; (void)n; (void)K; (void)x; (void)xrs; (void)xks; (void)w;
+    (void)ldw; (void)bias; (void)acc_c; (void)c; (void)ldc;
 #endif
 }
 

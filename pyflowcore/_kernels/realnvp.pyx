@@ -29,9 +29,9 @@ reads its right-hand operand row-major (see ``make_geom``):
     W1 (2U x p) | W1^T (p x 2U) | b1 (2U) | AoS, AoT (c x U) |
     AoS^T, AoT^T (U x c) | boS, boT (c) | A_l^T of both nets (U x U each)
 
-Two GEMM back ends (``mm``): on AVX-512 CPUs the register-tiled GEMM of
-``csrc/realnvp_cpu.h``; elsewhere (or after ``set_simd(False)``) BLAS
-(``scipy.linalg.cython_blas``).  Biases are the GEMMs' initial values and
+Two GEMM back ends (``mm``): on AVX2 and AVX-512 CPUs the register-tiled
+GEMM of ``csrc/realnvp_cpu.h``; elsewhere (or after ``set_simd_level(0)``)
+BLAS (``scipy.linalg.cython_blas``).  Biases are the GEMMs' initial values and
 each tanh layer is one ``vm::tanh_array`` pass over the block.
 
 GEMM threading.  OpenBLAS runs a GEMM on its own thread pool once
@@ -40,7 +40,7 @@ team that would oversubscribe the cores and serialise the callers on
 OpenBLAS's server lock (its thread count cannot be set per thread:
 openblas_set_num_threads_local is process-wide in pthreads builds).  On the
 BLAS path the block height keeps every GEMM of a block below that size (and
-at least 16 rows, at most 512); the AVX-512 kernel has no such limit and
+at least 16 rows, at most 512); the SIMD kernel has no such limit and
 uses 64-row blocks, which keep the backward's per-block scratch in L2.
 
 Measured (2-core shared machine, Sapphire Rapids, dim 16, 8 masks, 2 x 64
@@ -87,15 +87,15 @@ from pyflowcore._kernels._parallel cimport (
 
 
 cdef extern from "realnvp_cpu.h" namespace "pfc::cpu" nogil:
-    bint realnvp_simd()
+    int realnvp_simd_level()
     void realnvp_bias_tanh_block[T](T* h, Py_ssize_t ld, const T* bias, Py_ssize_t rows,
                                     int n)
-    void realnvp_gemm[T](Py_ssize_t m, int n, Py_ssize_t K, const T* x, Py_ssize_t xrs,
+    void realnvp_gemm[T](int level, Py_ssize_t m, int n, Py_ssize_t K, const T* x, Py_ssize_t xrs,
                          Py_ssize_t xks, const T* w, Py_ssize_t ldw, const T* bias,
                          bint acc_c, T* c, Py_ssize_t ldc)
-    void realnvp_col_sums[T](bint simd, const T* d, Py_ssize_t ld, Py_ssize_t rows, int n,
+    void realnvp_col_sums[T](int level, const T* d, Py_ssize_t ld, Py_ssize_t rows, int n,
                              T* sums)
-    void realnvp_tanh_grad_sums[T](bint simd, T* d, const T* h, Py_ssize_t ld,
+    void realnvp_tanh_grad_sums[T](int level, T* d, const T* h, Py_ssize_t ld,
                                    Py_ssize_t rows, int n, T* sums)
     void realnvp_coupling_block[T](bint inverse, const int* changed, int nc, Py_ssize_t rows,
                                    T* s_raw, const T* t_raw, const T* bias_s, const T* bias_t,
@@ -114,33 +114,36 @@ cdef enum:
     BLAS_SERIAL_MNK = 262144
     MIN_BLOCK_ROWS = 16
     MAX_BLOCK_ROWS = 512
-    # Rows per block of the AVX-512 path (no size limit; the backward's
+    # Rows per block of the SIMD path (no size limit; the backward's
     # per-block scratch stays in L2).
     SIMD_BLOCK_ROWS = 64
     # Cap on (chunks x num_params) of the gradient partial buffers.
     PARTIAL_BUDGET = 1 << 20
 
 
-# The AVX-512 kernels of realnvp_cpu.h when the CPU has them; set_simd(False)
-# forces the BLAS / vm::tanh_array path (tests compare the two).
-cdef bint _simd = realnvp_simd()
+# The vector ISA of realnvp_cpu.h's kernels (0: none, the BLAS path;
+# 1: AVX2; 2: AVX-512, as pfc::vm's levels); set_simd_level forces a narrower
+# one (tests compare them).
+cdef int _level = realnvp_simd_level()
 
 
-def simd_available():
-    """Whether this CPU runs the AVX-512 kernels."""
-    return bool(realnvp_simd())
+def simd_level():
+    """The widest vector ISA this CPU runs the kernels in (0 means BLAS)."""
+    return int(realnvp_simd_level())
 
 
-def set_simd(bint on):
-    """Use the AVX-512 kernels (if available) or force the BLAS path; returns the old setting."""
-    global _simd
-    old = bool(_simd)
-    _simd = on and realnvp_simd()
+def set_simd_level(int level):
+    """Run the kernels at ``level`` (capped at ``simd_level()``; 0 forces the
+    BLAS path); returns the old level."""
+    global _level
+    old = int(_level)
+    _level = max(0, min(level, realnvp_simd_level()))
     return old
 
 
-def use_simd():
-    return bool(_simd)
+def use_simd_level():
+    """The level the kernels run at now."""
+    return int(_level)
 
 
 # -- the net geometry -----------------------------------------------------
@@ -189,9 +192,9 @@ def work_size(int dim, int units, int layers, int num_masks):
 
 
 def default_block_rows(int dim, int units, int layers):
-    """Rows per block: SIMD_BLOCK_ROWS on the AVX-512 path; on the BLAS path
+    """Rows per block: SIMD_BLOCK_ROWS on the SIMD path; on the BLAS path
     every GEMM of a block below OpenBLAS's threading size."""
-    if _simd:
+    if _level > 0:
         return SIMD_BLOCK_ROWS
     cdef long widest = 2 * <long>units * dim
     if layers > 1 and <long>units * units > widest:
@@ -225,7 +228,7 @@ cdef inline void gemm_rm(char ta, char tb, int m, int n, int k, floating alpha,
               &beta, c, &ldc)
 
 
-cdef inline void mm(bint simd, int m, int n, int k, const floating* x, int ldx, bint xt,
+cdef inline void mm(int level, int m, int n, int k, const floating* x, int ldx, bint xt,
                     const floating* w, int ldw, const floating* bias, bint acc_c,
                     floating* c, int ldc) noexcept nogil:
     """Row-major C (m x n) = init + op(X) W, W row-major (k x n); op(X) = X
@@ -233,11 +236,11 @@ cdef inline void mm(bint simd, int m, int n, int k, const floating* x, int ldx, 
     init = C if acc_c, else the row vector bias (0 if NULL)."""
     cdef int i, j
     cdef floating beta = 1 if acc_c else 0
-    if simd:
+    if level > 0:
         if xt:
-            realnvp_gemm(m, n, k, x, 1, ldx, w, ldw, bias, acc_c, c, ldc)
+            realnvp_gemm(level, m, n, k, x, 1, ldx, w, ldw, bias, acc_c, c, ldc)
         else:
-            realnvp_gemm(m, n, k, x, ldx, 1, w, ldw, bias, acc_c, c, ldc)
+            realnvp_gemm(level, m, n, k, x, ldx, 1, w, ldw, bias, acc_c, c, ldc)
         return
     if bias != NULL and not acc_c:
         for i in range(m):
@@ -325,7 +328,7 @@ cdef void gather_rows(int rows, int D, int p, const int* passed, const floating*
             zp[r * p + i] = y[r * D + passed[i]]
 
 
-cdef void nets_forward(bint simd, Geom g, int rows, int p, const floating* w,
+cdef void nets_forward(int level, Geom g, int rows, int p, const floating* w,
                        const floating* params, int m, const floating* zp, floating* h,
                        floating* s, floating* t) noexcept nogil:
     """s, t (rows x c, without output bias) and the L tanh layers h of a block.
@@ -338,23 +341,23 @@ cdef void nets_forward(bint simd, Geom g, int rows, int p, const floating* w,
     cdef Py_ssize_t lay = <Py_ssize_t>rows * U2
     cdef const floating* hid
     cdef floating* hl
-    mm(simd, rows, U2, p, zp, p, False, w + g.o_w1t, U2, w + g.o_b1, False, h, U2)
+    mm(level, rows, U2, p, zp, p, False, w + g.o_w1t, U2, w + g.o_b1, False, h, U2)
     realnvp_bias_tanh_block(h, lay, <const floating*>NULL, 1, <int>lay)
     for l in range(1, g.layers):
         hl = h + l * lay
         for k in range(2):
             hid = params + (2 * m + k) * g.net_size + U * D + U + (l - 1) * (U + 1) * U
-            mm(simd, rows, U, U, hl - lay + k * U, U2, False,
+            mm(level, rows, U, U, hl - lay + k * U, U2, False,
                w + g.o_ht + (k * (g.layers - 1) + l - 1) * U * U, U, hid + U * U, False,
                hl + k * U, U2)
         realnvp_bias_tanh_block(hl, lay, <const floating*>NULL, 1, <int>lay)
     hl = h + (g.layers - 1) * lay
-    mm(simd, rows, c, U, hl, U2, False, w + g.o_aot, c, <const floating*>NULL, False, s, c)
-    mm(simd, rows, c, U, hl + U, U2, False, w + g.o_aot + U * D, c, <const floating*>NULL,
+    mm(level, rows, c, U, hl, U2, False, w + g.o_aot, c, <const floating*>NULL, False, s, c)
+    mm(level, rows, c, U, hl + U, U2, False, w + g.o_aot + U * D, c, <const floating*>NULL,
        False, t, c)
 
 
-cdef void nets_backward(bint simd, Geom g, int rows, int p, const floating* w,
+cdef void nets_backward(int level, Geom g, int rows, int p, const floating* w,
                         const floating* params, int m, const floating* zp, const floating* h,
                         const floating* ds, const floating* dt, floating* dh, floating* dh2,
                         floating* bias_sums, floating* dzp, floating* acc) noexcept nogil:
@@ -373,34 +376,34 @@ cdef void nets_backward(bint simd, Geom g, int rows, int p, const floating* w,
     cdef floating* ga
     cdef floating* tmp
     # Output layers: only the changed rows of A_out / b_out.
-    mm(simd, c, U, rows, ds, c, True, hl, U2, nob, True, acc + 2 * U * D + U2, U)
-    mm(simd, c, U, rows, dt, c, True, hl + U, U2, nob, True, acc + 3 * U * D + U2, U)
-    realnvp_col_sums(simd, ds, c, rows, c, acc + 4 * U * D + U2)
-    realnvp_col_sums(simd, dt, c, rows, c, acc + 4 * U * D + U2 + D)
-    mm(simd, rows, U, c, ds, c, False, w + g.o_ao, U, nob, False, dh, U2)
-    mm(simd, rows, U, c, dt, c, False, w + g.o_ao + U * D, U, nob, False, dh + U, U2)
+    mm(level, c, U, rows, ds, c, True, hl, U2, nob, True, acc + 2 * U * D + U2, U)
+    mm(level, c, U, rows, dt, c, True, hl + U, U2, nob, True, acc + 3 * U * D + U2, U)
+    realnvp_col_sums(level, ds, c, rows, c, acc + 4 * U * D + U2)
+    realnvp_col_sums(level, dt, c, rows, c, acc + 4 * U * D + U2 + D)
+    mm(level, rows, U, c, ds, c, False, w + g.o_ao, U, nob, False, dh, U2)
+    mm(level, rows, U, c, dt, c, False, w + g.o_ao + U * D, U, nob, False, dh + U, U2)
     for l in range(g.layers - 1, -1, -1):
         # dh: the cotangent of layer l's activations, made that of its pre-activations
         hl = h + l * lay
         if l == 0:
-            realnvp_tanh_grad_sums(simd, dh, hl, U2, rows, U2, acc + 2 * U * D)
+            realnvp_tanh_grad_sums(level, dh, hl, U2, rows, U2, acc + 2 * U * D)
             break
         for j in range(U2):
             bias_sums[j] = 0
-        realnvp_tanh_grad_sums(simd, dh, hl, U2, rows, U2, bias_sums)
+        realnvp_tanh_grad_sums(level, dh, hl, U2, rows, U2, bias_sums)
         for k in range(2):
             hid = params + (2 * m + k) * g.net_size + U * D + U + (l - 1) * (U + 1) * U
             ga = acc + g.gath + k * hsz + (l - 1) * (U + 1) * U
             for j in range(U):
                 ga[U * U + j] += bias_sums[k * U + j]
-            mm(simd, U, U, rows, dh + k * U, U2, True, hl - lay + k * U, U2, nob, True, ga, U)
-            mm(simd, rows, U, U, dh + k * U, U2, False, hid, U, nob, False, dh2 + k * U, U2)
+            mm(level, U, U, rows, dh + k * U, U2, True, hl - lay + k * U, U2, nob, True, ga, U)
+            mm(level, rows, U, U, dh + k * U, U2, False, hid, U, nob, False, dh2 + k * U, U2)
         tmp = dh
         dh = dh2
         dh2 = tmp
     # First layer: the passed columns of both nets' A_1 at once.
-    mm(simd, U2, p, rows, dh, U2, True, zp, p, nob, True, acc, p)
-    mm(simd, rows, p, U2, dh, U2, False, w, p, nob, False, dzp, p)
+    mm(level, U2, p, rows, dh, U2, True, zp, p, nob, True, acc, p)
+    mm(level, rows, p, U2, dh, U2, False, w, p, nob, False, dzp, p)
 
 
 # -- forward / inverse ---------------------------------------------------------
@@ -429,7 +432,7 @@ def transform(bint inverse, const floating[::1] params, const floating[::1] work
     cdef floating* x = NULL
     cdef const int* ix
     cdef int rows, k, m, p, r
-    cdef bint simd = _simd
+    cdef int level = _level
     with nogil, parallel(use_threads_if=n >= MIN_ROWS_PARALLEL):
         buf = <floating*>scratch_alloc(scratch * sizeof(floating))
         if buf == NULL:
@@ -452,7 +455,7 @@ def transform(bint inverse, const floating[::1] params, const floating[::1] work
                 p = npass[m]
                 ix = &idx[m, 0]
                 gather_rows(rows, D, p, ix, x, zp)
-                nets_forward(simd, g, rows, p, &work[m * g.work_slot], &params[0], m, zp, h,
+                nets_forward(level, g, rows, p, &work[m * g.work_slot], &params[0], m, zp, h,
                              s, t)
                 realnvp_coupling_block(inverse, ix + p, D - p, rows, s, t,
                                        &work[m * g.work_slot + g.o_bo],
@@ -465,7 +468,7 @@ def transform(bint inverse, const floating[::1] params, const floating[::1] work
 
 # -- vector-Jacobian products ------------------------------------------------------
 
-cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* params,
+cdef void vjp_block(int level, bint inverse, Geom g, int rows, const floating* params,
                     const floating* work, const int* idx, const int* npass,
                     const floating* v, const floating* grad_out, const floating* gld,
                     floating sq_weight, floating log_det_weight, double* sums,
@@ -508,7 +511,7 @@ cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* p
         yin = v if k == 0 else Y + (k - 1) * bd
         yout = Y + k * bd
         gather_rows(B, D, p, ix, yin, zp)
-        nets_forward(simd, g, B, p, w, params, m, zp, H + k * L * lay, E + k * bd, t)
+        nets_forward(level, g, B, p, w, params, m, zp, H + k * L * lay, E + k * bd, t)
         memcpy(yout, yin, bd * sizeof(floating))
         if quadratic and k == 0:
             memset(gl, 0, B * sizeof(floating))
@@ -544,7 +547,7 @@ cdef void vjp_block(bint simd, bint inverse, Geom g, int rows, const floating* p
                 realnvp_coupling_backward_row(ix + p, c, E + k * bd + r * c, yin + r * D,
                                               gld[r], grad_in + r * D, ds + r * c, t + r * c)
         gather_rows(B, D, p, ix, yin, zp)
-        nets_backward(simd, g, B, p, w, params, m, zp, H + k * L * lay, ds, t, dh, dh2,
+        nets_backward(level, g, B, p, w, params, m, zp, H + k * L * lay, ds, t, dh, dh2,
                       bias_sums, dzp, acc + m * g.acc_slot)
         for r in range(B):
             for i in range(p):
@@ -590,7 +593,7 @@ cdef tuple _vjp_batch(bint inverse, const floating[::1] params, const floating[:
     cdef Py_ssize_t P = <Py_ssize_t>M * g.acc_slot
     cdef Py_ssize_t nc = grad_chunks(n, P), c, r0, r1, j
     cdef int B = block_rows, rows
-    cdef bint simd = _simd
+    cdef int level = _level
     cdef Py_ssize_t scratch = <Py_ssize_t>B * (2 * M * D + M * layers * U2 + 4 * D + 2 * U2
                                                + 1) + U2
     dtype = np.asarray(params).dtype
@@ -610,7 +613,7 @@ cdef tuple _vjp_batch(bint inverse, const floating[::1] params, const floating[:
                 r0 = chunk_start(n, c, nc)
                 while r0 < r1:
                     rows = <int>min(<Py_ssize_t>B, r1 - r0)
-                    vjp_block(simd, inverse, g, rows, &params[0], &work[0], &idx[0, 0],
+                    vjp_block(level, inverse, g, rows, &params[0], &work[0], &idx[0, 0],
                               &npass[0], &v[r0, 0],
                               grad_out + r0 * D if grad_out != NULL else NULL,
                               grad_log_det + r0 if grad_log_det != NULL else NULL,

@@ -135,8 +135,9 @@ def test_bad_architecture_raises(kwargs, match):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim,M,L,U", [(2, 2, 1, 3), (5, 4, 2, 7), (16, 8, 2, 40)])
 def test_simd_and_blas_paths_agree(dtype, dim, M, L, U):
-    # The AVX-512 GEMM of realnvp_cpu.h and the BLAS fallback compute the
-    # same map; odd sizes exercise the kernel's masked tails and row tiles.
+    # Every copy of realnvp_cpu.h's GEMM this CPU runs (AVX2, AVX-512) and
+    # the BLAS fallback compute the same map; odd sizes exercise the
+    # kernels' masked tails and row tiles.
     from pyflowcore._kernels import realnvp as k
     rng = np.random.default_rng(3)
     n = 700   # > MIN_ROWS_PARALLEL, not a multiple of the block height
@@ -147,20 +148,23 @@ def test_simd_and_blas_paths_agree(dtype, dim, M, L, U):
     # path is only ~1e-12 from the float64 reference.
     theta = 0.1 * rng.standard_normal(pf.RealNVP(dim, M, L, U).num_params)
     out = {}
-    old = k.use_simd()
+    old = k.use_simd_level()
     try:
-        for simd in (False, True):
-            k.set_simd(simd)
+        for level in range(k.simd_level() + 1):
+            assert k.set_simd_level(level) >= 0 and k.use_simd_level() == level
             flow = pf.RealNVP(dim, M, L, U, dtype=dtype)
             flow.set_params(theta.astype(dtype))
             x, ld = flow.forward(z)
             zb, ldi = flow.inverse(x)
-            out[simd] = (x, ld, zb, ldi) + flow.backward(z, gx, gld) \
+            out[level] = (x, ld, zb, ldi) + flow.backward(z, gx, gld) \
                 + flow.inverse_backward(x, gx, gld)
     finally:
-        k.set_simd(old)
+        k.set_simd_level(old)
+    if k.simd_level() == 0:
+        pytest.skip("this CPU runs only the BLAS path")
     tol = 1e-11 if dtype == "float64" else 2e-4
-    for a, b in zip(out[False], out[True]):
-        scale = max(1.0, float(np.abs(a).max()))
-        np.testing.assert_allclose(b, a, rtol=tol, atol=tol * scale)
+    for level in range(1, k.simd_level() + 1):
+        for a, b in zip(out[0], out[level]):
+            scale = max(1.0, float(np.abs(a).max()))
+            np.testing.assert_allclose(b, a, rtol=tol, atol=tol * scale)
 
