@@ -25,7 +25,9 @@
  *    size limit.  Sums over k run in order, so results do not depend on
  *    threads, nor on the ISA.  On an AVX2-only AMD EPYC (Zen 1) the BLAS
  *    path spent ~12% of a float32 forward packing operands and ~12% more
- *    initialising C with the biases, beside ~40% in sgemm's kernel.
+ *    in the Cython loops around the calls, beside ~40% in sgemm's kernel;
+ *    the AVX2 tiles took the forward to 0.62x (float32) / 0.79x (float64)
+ *    of that path's time.
  *
  *  realnvp_col_sums, realnvp_tanh_grad_sums   the bias gradients of the
  *    backward: column sums of a block of cotangents, the latter fused with
