@@ -87,7 +87,7 @@ enum { BLOCK_ROWS = 128, LANES = 16 };
 #define PFC_XT(xt, i, r) (xt)[(index_t)(i) * BLOCK_ROWS + (r)]
 
 /* GCC/clang vector extensions hold the transposes' 8 x 8 register tiles,
- * a lone planar layer's row sums (lane_sums8) and, with WIDE, the
+ * a lone planar layer's row sums (lane_sums) and, with WIDE, the
  * radial sweeps' register sums; without them, or with
  * PFC_NO_VECTOR_EXT, plain loops take their place.  vec<T, N>::type is N
  * values of T, split by the compiler into the registers of the copy being
@@ -1191,13 +1191,23 @@ PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
 /* A lone planar layer (the flow on its own, as an MCMC step or a small
  * batch calls it) skips the transposes, which cost it more than its
  * arithmetic (37% of a 64-row float64 block): w.z + b comes from the
- * row-major rows, eight at a time, each row's 8-value partial sums folded
- * across the eight rows by shuffles (lane_sums8), and x = z + uhat t is a
+ * row-major rows, a vector register's lanes of rows at a time, each row's
+ * partial sums folded across the rows by shuffles (lane_sums), and
+ * x = z + uhat t is a
  * row-major sweep. */
 #if PFC_VECTOR_EXT
-/* Lane j of sums: the sum of the lanes of a[j] (a is 8 vectors of 8). */
+/* Lane j of sums: the sum of the lanes of a[j] (a is NL vectors of NL
+ * lanes, NL = 4 or 8), pairwise by shuffles. */
 template <typename V>
-PFC_VM_INLINE void lane_sums8(const V* a, V& sums) {
+PFC_VM_INLINE void lane_sums(const V (&a)[4], V& sums) {
+    const V b0 = __builtin_shufflevector(a[0], a[1], 0, 4, 2, 6) +
+                 __builtin_shufflevector(a[0], a[1], 1, 5, 3, 7);
+    const V b1 = __builtin_shufflevector(a[2], a[3], 0, 4, 2, 6) +
+                 __builtin_shufflevector(a[2], a[3], 1, 5, 3, 7);
+    sums = __builtin_shufflevector(b0, b1, 0, 1, 4, 5) + __builtin_shufflevector(b0, b1, 2, 3, 6, 7);
+}
+template <typename V>
+PFC_VM_INLINE void lane_sums(const V (&a)[8], V& sums) {
     V b[4], c[2];
     for (int j = 0; j < 4; ++j) {
         b[j] = __builtin_shufflevector(a[2 * j], a[2 * j + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
@@ -1212,19 +1222,24 @@ PFC_VM_INLINE void lane_sums8(const V* a, V& sums) {
 }
 #endif
 
-/* s[r] = w.z[r] + b for the rows [0, nrows) of the row-major z, 0 up to R. */
-template <int R, typename T>
+/* s[r] = w.z[r] + b for the rows [0, nrows) of the row-major z, 0 up to R.
+ * NL rows at a time, in vectors of NL lanes: one register in the copy being
+ * compiled (8 floats or doubles with WIDE, else 8 floats or 4 doubles).  A
+ * shuffle across two ymm registers -- 8 doubles in the AVX2 copy -- went
+ * through general registers and the stack: 38% of a 64-row float64 lone
+ * layer on AMD Zen 1. */
+template <bool WIDE, int R, typename T>
 PFC_VM_INLINE void rows_dot(const T* w, T b, int dim, index_t nrows, const T* z, T* s) {
     index_t r0 = 0;
-    int c8 = 0;
 #if PFC_VECTOR_EXT
-    typedef typename vec<T, 8>::type V;
-    c8 = dim & ~7;
-    for (; c8 > 0 && r0 + 8 <= nrows; r0 += 8) {
-        V acc[8];
-        for (int j = 0; j < 8; ++j) {
+    constexpr int NL = (WIDE || sizeof(T) == 4) ? 8 : 4;
+    typedef typename vec<T, NL>::type V;
+    const int cv = dim & ~(NL - 1);
+    for (; cv > 0 && r0 + NL <= nrows; r0 += NL) {
+        V acc[NL];
+        for (int j = 0; j < NL; ++j) {
             acc[j] = V{};
-            for (int c0 = 0; c0 < c8; c0 += 8) {
+            for (int c0 = 0; c0 < cv; c0 += NL) {
                 V zv, wv;
                 memcpy(&zv, z + (r0 + j) * dim + c0, sizeof(V));
                 memcpy(&wv, w + c0, sizeof(V));
@@ -1232,15 +1247,14 @@ PFC_VM_INLINE void rows_dot(const T* w, T b, int dim, index_t nrows, const T* z,
             }
         }
         V sums;
-        lane_sums8(acc, sums);
+        lane_sums(acc, sums);
         sums += b;
         memcpy(s + r0, &sums, sizeof(V));
-        for (int j = 0; j < 8; ++j) {
-            for (int i = c8; i < dim; ++i) s[r0 + j] += w[i] * z[(r0 + j) * dim + i];
+        for (int j = 0; j < NL; ++j) {
+            for (int i = cv; i < dim; ++i) s[r0 + j] += w[i] * z[(r0 + j) * dim + i];
         }
     }
 #endif
-    (void)c8;
     for (index_t r = r0; r < nrows; ++r) {
         T sr = b;
         for (int i = 0; i < dim; ++i) sr += w[i] * z[r * dim + i];
@@ -1252,7 +1266,7 @@ PFC_VM_INLINE void rows_dot(const T* w, T b, int dim, index_t nrows, const T* z,
 /* x = z + uhat tanh(w.z + b) and log_det for the rows [0, nrows) of the
  * row-major z and x (x may be z), a lone planar layer `work`; scratch: 5
  * BLOCK_ROWS. */
-template <int R, typename T>
+template <bool WIDE, int R, typename T>
 PFC_VM_INLINE void planar_forward_rows(const T* work, int dim, index_t nrows, const T* z, T* x,
                                        T* log_det, T* scratch) {
     T* s = scratch;
@@ -1260,7 +1274,7 @@ PFC_VM_INLINE void planar_forward_rows(const T* work, int dim, index_t nrows, co
     T* hp = t + BLOCK_ROWS;
     T* ld = hp + BLOCK_ROWS;
     T* flag = ld + BLOCK_ROWS;
-    rows_dot<R>(work + dim, work[2 * dim], dim, nrows, z, s);
+    rows_dot<WIDE, R>(work + dim, work[2 * dim], dim, nrows, z, s);
     planar_act_block<R>(s, t, hp);
     for (int r = 0; r < R; ++r) ld[r] = T(0);
     planar_logdet_block<R, false, FACTORS_CHECKED>(work, dim, t, hp, ld, flag, LogProduct<T>{});
@@ -1300,7 +1314,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                                             index_t nrows, bool prefetch, const T* z, T* x,
                                             T* log_det, T* scratch) {
     if (K == 1 && kinds[0] == KIND_PLANAR) {
-        planar_forward_rows<R>(work, dim, nrows, z, x, log_det, scratch);
+        planar_forward_rows<WIDE, R>(work, dim, nrows, z, x, log_det, scratch);
         return;
     }
     T* xt = scratch;
