@@ -447,6 +447,19 @@ constexpr bool factors_near_one(int factors) {
     return factors == FACTORS_NEAR_ONE_BELOW || factors == FACTORS_NEAR_ONE_ABOVE;
 }
 
+/* CALL(F) with F the compile-time FACTORS_* constant equal to the run-time
+ * `factors`: the kernels take the way as a template flag.  A macro, not a
+ * function taking a callable: a lambda's body would not inherit the
+ * AVX-512 copy's target attribute. */
+#define PFC_WITH_FACTORS(factors, CALL)                                  \
+    switch (factors) {                                                   \
+        case FACTORS_NEAR_ONE_BELOW: CALL(FACTORS_NEAR_ONE_BELOW); break; \
+        case FACTORS_NEAR_ONE_ABOVE: CALL(FACTORS_NEAR_ONE_ABOVE); break; \
+        case FACTORS_IN_RANGE: CALL(FACTORS_IN_RANGE); break;             \
+        case FACTORS_RENORMALISE: CALL(FACTORS_RENORMALISE); break;       \
+        default: CALL(FACTORS_CHECKED); break;                            \
+    }
+
 /* log_product_mul's SIDE for a FACTORS_* way. */
 constexpr int factors_side(int factors) {
     return factors == FACTORS_NEAR_ONE_ABOVE                                   ? 1
@@ -617,25 +630,11 @@ PFC_VM_INLINE void planar_logdet_chain(ChainLogDet<T>& lds, const T* work, int d
         return;
     }
     /* c (w.u > -0.43 makes it near one) and sp */
-    switch (lds.layer_factors(work[2 * dim + 1], work[2 * dim + 2], false)) {
-        case FACTORS_NEAR_ONE_BELOW:
-            planar_logdet_block<R, true, FACTORS_NEAR_ONE_BELOW>(work, dim, t, hp, ld, flag,
-                                                                 lds.ones);
-            break;
-        case FACTORS_NEAR_ONE_ABOVE:
-            planar_logdet_block<R, true, FACTORS_NEAR_ONE_ABOVE>(work, dim, t, hp, ld, flag,
-                                                                 lds.ones);
-            break;
-        case FACTORS_IN_RANGE:
-            planar_logdet_block<R, true, FACTORS_IN_RANGE>(work, dim, t, hp, ld, flag, lds.ones);
-            break;
-        case FACTORS_RENORMALISE:
-            planar_logdet_block<R, true, FACTORS_RENORMALISE>(work, dim, t, hp, ld, flag,
-                                                              lds.ones);
-            break;
-        default:
-            planar_logdet_block<R, true, FACTORS_CHECKED>(work, dim, t, hp, ld, flag, lds.ones);
-    }
+#define PFC_PLANAR_LOGDET(F) \
+    planar_logdet_block<R, true, F>(work, dim, t, hp, ld, flag, lds.ones)
+    PFC_WITH_FACTORS(lds.layer_factors(work[2 * dim + 1], work[2 * dim + 2], false),
+                     PFC_PLANAR_LOGDET)
+#undef PFC_PLANAR_LOGDET
 }
 
 /* xt = zt + uhat t^T, or with SUB (the inverse) zt - uhat t^T; xt may be
@@ -1069,24 +1068,15 @@ PFC_VM_INLINE int radial_factors(ChainLogDet<T>* lds, const T* work, const T* di
             work, dist2, root, recip, dim, f, ldk, flag, none, none);
     }
     const LogProduct<T> g = lds->weighted, g2 = lds->ones;
+    int nbad = 0;
     /* beta / alpha (its sign exactly beta's) and s / alpha */
-    switch (lds->layer_factors(work[2] / work[0], work[1] / work[0], true)) {
-        case FACTORS_NEAR_ONE_BELOW:
-            return radial_factors_block<INVERSE, true, R, true, FACTORS_NEAR_ONE_BELOW, GIVEN>(
-                work, dist2, root, recip, dim, f, ldk, flag, g, g2);
-        case FACTORS_NEAR_ONE_ABOVE:
-            return radial_factors_block<INVERSE, true, R, true, FACTORS_NEAR_ONE_ABOVE, GIVEN>(
-                work, dist2, root, recip, dim, f, ldk, flag, g, g2);
-        case FACTORS_IN_RANGE:
-            return radial_factors_block<INVERSE, true, R, true, FACTORS_IN_RANGE, GIVEN>(
-                work, dist2, root, recip, dim, f, ldk, flag, g, g2);
-        case FACTORS_RENORMALISE:
-            return radial_factors_block<INVERSE, true, R, true, FACTORS_RENORMALISE, GIVEN>(
-                work, dist2, root, recip, dim, f, ldk, flag, g, g2);
-        default:
-            return radial_factors_block<INVERSE, true, R, true, FACTORS_CHECKED, GIVEN>(
-                work, dist2, root, recip, dim, f, ldk, flag, g, g2);
-    }
+#define PFC_RADIAL_FACTORS(F) \
+    nbad = radial_factors_block<INVERSE, true, R, true, F, GIVEN>( \
+        work, dist2, root, recip, dim, f, ldk, flag, g, g2)
+    PFC_WITH_FACTORS(lds->layer_factors(work[2] / work[0], work[1] / work[0], true),
+                     PFC_RADIAL_FACTORS)
+#undef PFC_RADIAL_FACTORS
+    return nbad;
 }
 
 /* A radial layer on a block (radial_forward_row, or with INVERSE
@@ -1193,8 +1183,7 @@ PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
  * arithmetic (37% of a 64-row float64 block): w.z + b comes from the
  * row-major rows, a vector register's lanes of rows at a time, each row's
  * partial sums folded across the rows by shuffles (lane_sums), and
- * x = z + uhat t is a
- * row-major sweep. */
+ * x = z + uhat t is a row-major sweep. */
 #if PFC_VECTOR_EXT
 /* Lane j of sums: the sum of the lanes of a[j] (a is NL vectors of NL
  * lanes, NL = 4 or 8), pairwise by shuffles. */
