@@ -53,10 +53,10 @@ Small batches.  For one layer on a few rows the kernels cost less than a
 call's set-up (validation, memoryviews, output allocation, an OpenMP region
 even with ``use_threads_if`` false: libgomp's closing barrier makes futex
 calls).  ``forward_fast`` / ``inverse_fast`` check exactly-right NumPy
-inputs at C level, allocate with ``PyArray_EMPTY`` and run the same row and
-block functions on raw pointers, with plain loops below
-``MIN_ROWS_PARALLEL`` rows; any other input gets ``None`` and takes the
-generic path.
+inputs and ``out=`` arrays at C level, allocate with ``PyArray_EMPTY``
+unless given results, and run the same row and block functions on raw
+pointers, with plain loops below ``MIN_ROWS_PARALLEL`` rows; any other input
+gets ``None`` and takes the generic path.
 
 A run is described once, at construction of a ``RowwiseRun``: the layer
 kinds and the offsets of each layer's raw parameters, derived coefficients
@@ -163,6 +163,24 @@ cdef inline bint _kernel_ready(cnp.ndarray a) noexcept:
     return cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISBEHAVED_RO(a)
 
 
+cdef inline cnp.ndarray _result_array(object arr, cnp.ndarray like, int nd):
+    # arr as a result array of the fast paths (an exact, writable,
+    # kernel-ready ndarray of like's dtype, shaped like's first nd axes),
+    # else None.
+    cdef cnp.ndarray r
+    cdef int i
+    if not cnp.PyArray_CheckExact(arr):
+        return None
+    r = <cnp.ndarray>arr
+    if (cnp.PyArray_TYPE(r) != cnp.PyArray_TYPE(like) or cnp.PyArray_NDIM(r) != nd
+            or not (_kernel_ready(r) and cnp.PyArray_ISWRITEABLE(r))):
+        return None
+    for i in range(nd):
+        if cnp.PyArray_DIM(r, i) != cnp.PyArray_DIM(like, i):
+            return None
+    return r
+
+
 def plan(kinds, int dim):
     """Offsets of each layer's derived coefficients and gradient accumulator.
 
@@ -251,17 +269,20 @@ cdef class RowwiseRun:
                           work + self.work_offsets[k])
 
     # -- the fast paths of Flow.forward / Flow.inverse ------------------------
-    def forward_fast(self, params, z):
+    def forward_fast(self, params, z, out=None):
         """``(x, log_det)`` for inputs already in the kernels' form, else ``None``.
 
         Parameters
         ----------
         params : ndarray of shape (num_params,)
         z : ndarray of shape (N, dim) or (dim,)
+        out : tuple of ndarray (x, log_det), optional
+            Result arrays of shapes ``(N, dim), (N,)`` or ``(dim,), ()``.
 
         Returns
         -------
-        (x, log_det) of shapes ``(N, dim), (N,)`` or ``(dim,), ()``, or None
+        (x, log_det) of shapes ``(N, dim), (N,)`` or ``(dim,), ()`` (the
+        arrays of ``out`` when given), or None
 
         Notes
         -----
@@ -269,25 +290,27 @@ cdef class RowwiseRun:
         where the generic path's Python-level validation, output allocation
         and memoryview acquisition cost several times the arithmetic.  It
         takes exact ``ndarray`` instances of one dtype (float32 or float64,
-        aligned, native byte order, C-contiguous), ``params`` of the run's
-        length and ``z`` of shape ``(N, dim)`` or ``(dim,)``; the checks are
-        C-level reads of the array structs and the outputs come from
-        ``PyArray_EMPTY``.  For any other input it returns ``None`` and the
-        caller takes the generic, converting and validating path.  The
-        kernels and their dispatch on ``N`` are those of ``forward``, so the
-        results are bitwise the same.  Nothing is cached between calls: the
-        derived coefficients are recomputed from ``params`` every time, so
-        in-place updates of the parameters are always seen and concurrent
+        aligned, native byte order, C-contiguous, ``out`` writable),
+        ``params`` of the run's length and ``z`` of shape ``(N, dim)`` or
+        ``(dim,)``; the checks are C-level reads of the array structs and the
+        outputs, unless given, come from ``PyArray_EMPTY``.  For any other
+        input it returns ``None`` and the caller takes the generic,
+        converting and validating path (which raises for what is wrong).
+        The kernels and their dispatch on ``N`` are those of ``forward``, so
+        the results are bitwise the same.  Nothing is cached between calls:
+        the derived coefficients are recomputed from ``params`` every time,
+        so in-place updates of the parameters are always seen and concurrent
         calls share no mutable state.
         """
-        return self._map_fast(params, z, False)
+        return self._map_fast(params, z, out, False)
 
-    def inverse_fast(self, params, x):
+    def inverse_fast(self, params, x, out=None):
         """``(z, log_det_inv)`` for inputs already in the kernels' form, else
         ``None``; the fast path of ``inverse`` (see ``forward_fast``)."""
-        return self._map_fast(params, x, True)
+        return self._map_fast(params, x, out, True)
 
-    cdef object _map_fast(self, object params, object points, bint inverse_map):
+    cdef object _map_fast(self, object params, object points, object results,
+                          bint inverse_map):
         cdef cnp.ndarray p, a, out, log_det
         cdef int typenum, nd, failed
         cdef Py_ssize_t n
@@ -313,8 +336,15 @@ cdef class RowwiseRun:
         else:
             return None
         # (N, dim) and (N,) for a batch, (dim,) and () for one point.
-        out = <cnp.ndarray>cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), typenum, 0)
-        log_det = <cnp.ndarray>cnp.PyArray_EMPTY(nd - 1, cnp.PyArray_DIMS(a), typenum, 0)
+        if results is None:
+            out = <cnp.ndarray>cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), typenum, 0)
+            log_det = <cnp.ndarray>cnp.PyArray_EMPTY(nd - 1, cnp.PyArray_DIMS(a), typenum, 0)
+        else:
+            if not (type(results) is tuple and len(<tuple>results) == 2):
+                return None
+            out, log_det = _result_array(results[0], a, nd), _result_array(results[1], a, nd - 1)
+            if out is None or log_det is None:
+                return None
         if work_size > STACK_WORK:
             work = malloc(work_size * sizeof(double))
             if work == NULL:

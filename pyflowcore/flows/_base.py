@@ -64,6 +64,11 @@ class Flow:
 
     device = "cpu"
     _gpu = None  # the CUDA engine running the kernels while on "cuda"
+    # A C-level path for inputs already in the kernels' form, set by the
+    # row-wise flows and chains of them: (params, points, out) -> results,
+    # or None for any other input, which then takes the generic path here.
+    _forward_fast = None
+    _inverse_fast = None
 
     def __init__(self, dim, num_params, dtype="float64"):
         self.dim = check_positive_int(dim, "dim")
@@ -107,7 +112,8 @@ class Flow:
         ----------
         z : array_like of shape (N, dim) or (dim,)
         out : tuple of ndarray (x, log_det), optional
-            Preallocated C-contiguous results of the flow's dtype.
+            Preallocated C-contiguous, writable results of the flow's dtype
+            and the shapes below; they are filled and returned.
 
         Returns
         -------
@@ -115,10 +121,14 @@ class Flow:
         log_det : ndarray of shape (N,) or ()
             ``log|det df/dz|`` at ``z``.
         """
+        if self._forward_fast is not None and self._gpu is None:
+            res = self._forward_fast(self._params, z, out)
+            if res is not None:
+                return res
         z, single = as_points(z, "z", self.dim, self.dtype, self.device)
         x, log_det = self._outputs(out, single, z.shape[0])
         self._kernels()._forward(z, x, log_det)
-        return self._result(single, x, log_det)
+        return self._result(single, x, log_det, out)
 
     def inverse(self, x, *, out=None):
         """Map points back to the base, ``z = f^{-1}(x)``.
@@ -134,10 +144,14 @@ class Flow:
         log_det_inv : ndarray of shape (N,) or ()
             ``log|det df^{-1}/dx| = -log|det df/dz|`` at ``z = f^{-1}(x)``.
         """
+        if self._inverse_fast is not None and self._gpu is None:
+            res = self._inverse_fast(self._params, x, out)
+            if res is not None:
+                return res
         x, single = as_points(x, "x", self.dim, self.dtype, self.device)
         z, log_det = self._outputs(out, single, x.shape[0])
         self._kernels()._inverse(x, z, log_det)
-        return self._result(single, z, log_det)
+        return self._result(single, z, log_det, out)
 
     def backward(self, z, grad_x, grad_log_det, *, out=None):
         """Vector-Jacobian product of ``z -> (x, log_det)``.
@@ -163,7 +177,7 @@ class Flow:
         grad_log_det = as_grad_log_det(grad_log_det, z.shape[0], self.dtype, single, self.device)
         grad_z, grad_params = self._grad_outputs(out, single, z.shape[0])
         self._kernels()._backward(z, grad_x, grad_log_det, grad_z, grad_params)
-        return (grad_z[0] if single else grad_z), grad_params
+        return self._grad_result(single, grad_z, grad_params, out)
 
     def inverse_backward(self, x, grad_z, grad_log_det, *, out=None):
         """Vector-Jacobian product of ``x -> (z, log_det_inv)``.
@@ -187,7 +201,7 @@ class Flow:
         grad_log_det = as_grad_log_det(grad_log_det, x.shape[0], self.dtype, single, self.device)
         grad_x, grad_params = self._grad_outputs(out, single, x.shape[0])
         self._kernels()._inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)
-        return (grad_x[0] if single else grad_x), grad_params
+        return self._grad_result(single, grad_x, grad_params, out)
 
     def quadratic_loss_and_grad(self, v, sq_weight=1.0, log_det_weight=1.0, *, inverse=False,
                                 out=None):
@@ -233,7 +247,7 @@ class Flow:
         sum_sq, sum_ld = quadratic_vjp(kernels, bool(inverse), v, sq_weight, log_det_weight,
                                        grad_v, grad_params)
         loss = 0.5 * sq_weight * sum_sq + log_det_weight * sum_ld
-        return loss, (grad_v[0] if single else grad_v), grad_params
+        return (loss,) + self._grad_result(single, grad_v, grad_params, out)
 
     # -- the distribution ---------------------------------------------------
     def base_log_prob(self, z):
@@ -331,10 +345,20 @@ class Flow:
         return check_out(out, [(n, self.dim), (self.num_params,)], self.dtype, self.device)
 
     @staticmethod
-    def _result(single, points, log_det):
+    def _result(single, points, log_det, out):
+        # The out= arrays themselves where given (for one point, points and
+        # log_det are views into them), else the row of one point.
+        if out is not None:
+            return tuple(out)
         if single:
             return points[0], log_det.reshape(())
         return points, log_det
+
+    @staticmethod
+    def _grad_result(single, grad_points, grad_params, out):
+        if out is not None:
+            return tuple(out)
+        return (grad_points[0] if single else grad_points), grad_params
 
 
 def quadratic_vjp(kernels, inverse, v, sq_weight, log_det_weight, grad_v, grad_params):

@@ -70,30 +70,11 @@ class RowwiseFlow(Flow):
     def __init__(self, dim, num_params, dtype):
         super().__init__(dim, num_params, dtype)
         self._k = RunKernels([self], self._params)
+        # A layer on a few points costs more in Python-level validation and
+        # memoryview set-up than in arithmetic: Flow.forward and inverse
+        # first offer their arguments to the kernels' C-level checks.
         self._forward_fast = self._k.run.forward_fast
         self._inverse_fast = self._k.run.inverse_fast
-
-    # A one-layer flow on a few points costs more in Python-level validation
-    # and memoryview set-up than in arithmetic.  The kernels' own fast path
-    # checks exactly-right inputs (NumPy arrays of the flow's dtype and shape,
-    # C-contiguous) at C level and returns None for anything else, which then
-    # takes the generic path of Flow; out= and the GPU always take it.
-    def forward(self, z, *, out=None):
-        if out is None and self._gpu is None:
-            res = self._forward_fast(self._params, z)
-            if res is not None:
-                return res
-        return Flow.forward(self, z, out=out)
-
-    def inverse(self, x, *, out=None):
-        if out is None and self._gpu is None:
-            res = self._inverse_fast(self._params, x)
-            if res is not None:
-                return res
-        return Flow.inverse(self, x, out=out)
-
-    forward.__doc__ = Flow.forward.__doc__
-    inverse.__doc__ = Flow.inverse.__doc__
 
     # The parameters may be rebound to a view into a Chain's vector, so the
     # kernels are handed self._params at every call.

@@ -96,6 +96,13 @@ class Chain(Flow):
                 unit = self.layers[ks[0]]
             units.append((unit, slice(lo, hi)))
         self._units = Units(units)
+        # A chain of row-wise layers only is one run: its fast paths are the
+        # run's, on the chain's whole parameter vector.
+        only = units[0][0] if len(units) == 1 else None
+        run = (only.run if isinstance(only, RunKernels)
+               else only._k.run if layer_kind(only) is not None else None)
+        self._forward_fast = run.forward_fast if run is not None else None
+        self._inverse_fast = run.inverse_fast if run is not None else None
 
     def _forward(self, z, x, log_det):
         self._units.forward(z, x, log_det)

@@ -1,15 +1,16 @@
 """The C-level fast path of the row-wise flows' ``forward`` and ``inverse``.
 
-``RowwiseFlow.forward`` / ``inverse`` first offer the input to
-``RowwiseRun.forward_fast`` / ``inverse_fast``, which take only exact NumPy
-arrays of the flow's dtype and shape, C-contiguous, and return ``None`` for
-anything else, which then goes through the generic ``Flow`` path.  Checked
-here: the fast path is taken when it should be and gives bitwise the results
-of the generic path, at batch sizes on both sides of the row / block and
-serial / parallel switches; every other input (array-likes, other dtypes,
-layouts, byte orders, single points, ``out=``, bad shapes) still works or
-fails as before; parameter updates in place are seen at once; concurrent
-calls agree.
+For row-wise flows and chains of them, ``Flow.forward`` / ``inverse`` first
+offer their arguments to ``RowwiseRun.forward_fast`` / ``inverse_fast``,
+which take only exact NumPy arrays of the flow's dtype and shape,
+C-contiguous (``out=`` arrays writable too), and return ``None`` for
+anything else, which then goes through the generic path.  Checked here: the
+fast path is taken when it should be and gives bitwise the results of the
+generic path, at batch sizes on both sides of the row / block and serial /
+parallel switches, with and without ``out=``; every other input
+(array-likes, other dtypes, layouts, byte orders, unfit ``out=`` arrays,
+bad shapes) still works or fails as before; parameter updates in place are
+seen at once; concurrent calls agree.
 """
 
 import threading
@@ -18,7 +19,6 @@ import numpy as np
 import pytest
 
 import pyflowcore as pf
-from pyflowcore.flows._base import Flow
 
 DTYPES = ["float64", "float32"]
 KINDS = {
@@ -39,6 +39,16 @@ def make(kind, dim, dtype, seed=0):
     return flow, rng
 
 
+def generic(flow, method, v, out=None):
+    """``flow.forward`` / ``inverse`` through the generic path only."""
+    saved = flow._forward_fast, flow._inverse_fast
+    flow._forward_fast = flow._inverse_fast = None
+    try:
+        return getattr(flow, method)(v, out=out)
+    finally:
+        flow._forward_fast, flow._inverse_fast = saved
+
+
 def assert_same(a, b):
     """Bitwise equality of results (NaN matches NaN), dtype and shape included."""
     for u, v in zip(a, b, strict=True):
@@ -57,11 +67,11 @@ def test_fast_path_is_bitwise_the_generic_path(kind, dtype, n):
         z[3] = np.nan  # a NaN row stays in its own outputs on both paths
     assert flow._forward_fast(flow.params, z) is not None
     fast = flow.forward(z)
-    assert_same(fast, Flow.forward(flow, z))
+    assert_same(fast, generic(flow, "forward", z))
     assert fast[0].shape == (n, 5) and fast[1].shape == (n,)
     x = fast[0]
     assert flow._inverse_fast(flow.params, x) is not None
-    assert_same(flow.inverse(x), Flow.inverse(flow, x))
+    assert_same(flow.inverse(x), generic(flow, "inverse", x))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -72,8 +82,8 @@ def test_single_point_takes_the_fast_path(kind, dtype):
     assert flow._forward_fast(flow.params, z) is not None
     x, log_det = flow.forward(z)
     assert x.shape == (4,) and log_det.shape == () and x.dtype == log_det.dtype == flow.dtype
-    assert_same((x, log_det), Flow.forward(flow, z))
-    assert_same(flow.inverse(x), Flow.inverse(flow, x))
+    assert_same((x, log_det), generic(flow, "forward", z))
+    assert_same(flow.inverse(x), generic(flow, "inverse", x))
 
 
 def other_forms(z):
@@ -110,21 +120,88 @@ def test_other_inputs_take_the_generic_path(form, dtype):
     assert_same(flow.inverse(other), flow.inverse(converted))
 
 
+@pytest.mark.parametrize("n", [None, 1, 40, 600])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_out_arrays_are_filled(dtype):
+def test_out_arrays_take_the_fast_path(dtype, n):
+    # n None: one point, out=((dim,), ()).  The out= arrays themselves come
+    # back, filled bitwise as without them.
     flow, rng = make("planar", 3, dtype)
-    z = rng.standard_normal((40, 3)).astype(dtype)
-    out = (np.empty((40, 3), dtype), np.empty(40, dtype))
-    res = flow.forward(z, out=out)
-    assert res[0] is out[0] and res[1] is out[1]
-    assert_same(out, flow.forward(z))
-    inv_out = (np.empty((40, 3), dtype), np.empty(40, dtype))
-    res = flow.inverse(out[0], out=inv_out)
-    assert res[0] is inv_out[0]
-    assert_same(inv_out, flow.inverse(out[0]))
-    point = (np.empty(3, dtype), np.empty((), dtype))
-    flow.forward(z[0], out=point)
-    assert_same(point, flow.forward(z[0]))
+    shape = (3,) if n is None else (n, 3)
+    z = rng.standard_normal(shape).astype(dtype)
+    for method, v in (("forward", z), ("inverse", flow.forward(z)[0])):
+        out = (np.empty(shape, dtype), np.empty(shape[:-1], dtype))
+        fast = getattr(flow, "_" + method + "_fast")(flow.params, v, out)
+        assert fast[0] is out[0] and fast[1] is out[1]
+        assert_same(out, generic(flow, method, v))
+        out = (np.full(shape, np.nan, dtype), np.full(shape[:-1], np.nan, dtype))
+        res = getattr(flow, method)(v, out=out)
+        assert res[0] is out[0] and res[1] is out[1]
+        assert_same(out, generic(flow, method, v))
+        # The generic path returns the out= arrays too, one point included.
+        res = generic(flow, method, v, out)
+        assert res[0] is out[0] and res[1] is out[1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out_may_name_the_input(dtype):
+    flow, rng = make("radial", 4, dtype)
+    z = rng.standard_normal((70, 4)).astype(dtype)
+    expected = flow.forward(z)
+    buf = z.copy()
+    x, log_det = flow.forward(buf, out=(buf, np.empty(70, dtype)))
+    assert x is buf
+    assert_same((x, log_det), expected)
+
+
+def unfit_outs(dtype):
+    """out= tuples the fast path leaves to the generic one, which raises."""
+    x, ld = np.empty((6, 3), dtype), np.empty(6, dtype)
+    other = np.float32 if dtype == "float64" else np.float64
+    readonly = np.empty((6, 3), dtype)
+    readonly.flags.writeable = False
+    return {
+        "list": [x, ld],
+        "one array": (x,),
+        "other dtype": (x.astype(other), ld),
+        "wrong rows": (np.empty((5, 3), dtype), ld),
+        "wrong log_det": (x, np.empty(5, dtype)),
+        "log_det 2-d": (x, np.empty((6, 1), dtype)),
+        "fortran": (np.asfortranarray(np.empty((3, 6), dtype).T), ld),
+        "strided": (np.empty((12, 3), dtype)[::2], ld),
+        "readonly": (readonly, ld),
+    }
+
+
+@pytest.mark.parametrize("form", sorted(unfit_outs("float64")))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unfit_out_arrays_raise_as_before(form, dtype):
+    flow, rng = make("planar", 3, dtype)
+    z = rng.standard_normal((6, 3)).astype(dtype)
+    out = unfit_outs(dtype)[form]
+    assert flow._forward_fast(flow.params, z, out) is None
+    assert flow._inverse_fast(flow.params, z, out) is None
+    for method in (flow.forward, flow.inverse):
+        with pytest.raises((TypeError, ValueError), match="out"):
+            method(z, out=out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [None, 1, 40, 600])
+def test_a_chain_of_rowwise_layers_takes_the_fast_path(n, dtype):
+    rng = np.random.default_rng(2)
+    layers = [pf.Planar(3, dtype=dtype, rng=rng), pf.Radial(3, dtype=dtype, rng=rng),
+              pf.ElementwiseScale(3, dtype=dtype), pf.Shift(3, dtype=dtype)]
+    chain = pf.Chain(layers)
+    chain.set_params(rng.normal(0.0, 0.5, chain.num_params))
+    z = rng.standard_normal((3,) if n is None else (n, 3)).astype(dtype)
+    assert chain._forward_fast(chain.params, z) is not None
+    x, log_det = chain.forward(z)
+    assert_same((x, log_det), generic(chain, "forward", z))
+    assert chain._inverse_fast(chain.params, x) is not None
+    assert_same(chain.inverse(x), generic(chain, "inverse", x))
+    # One layer of another family: the chain's units run one after another.
+    mixed = pf.Chain([pf.Planar(3, dtype=dtype), pf.RealNVP(3, 2, 1, 4, dtype=dtype)])
+    assert mixed._forward_fast is None and mixed._inverse_fast is None
 
 
 @pytest.mark.parametrize("bad", [np.zeros((4, 2)), np.zeros(2), np.zeros((2, 3, 3)),
@@ -175,14 +252,14 @@ def test_readonly_input_is_fine():
     flow, rng = make("planar", 3, "float64")
     z = rng.standard_normal((4, 3))
     z.flags.writeable = False
-    assert_same(flow.forward(z), Flow.forward(flow, z))
+    assert_same(flow.forward(z), generic(flow, "forward", z))
 
 
 @pytest.mark.parametrize("n", [1, 64])
 def test_concurrent_calls_agree(n):
     flow, rng = make("planar", 6, "float64")
     inputs = [rng.standard_normal((n, 6)) for _ in range(4)]
-    expected = [Flow.forward(flow, z) for z in inputs]
+    expected = [generic(flow, "forward", z) for z in inputs]
     errors = []
 
     def work(k):
