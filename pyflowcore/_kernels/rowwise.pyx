@@ -163,6 +163,14 @@ cdef inline bint _kernel_ready(cnp.ndarray a) noexcept:
     return cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISBEHAVED_RO(a)
 
 
+cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
+    # Whether two C-contiguous arrays' bytes overlap.
+    cdef char* pa = <char*>cnp.PyArray_DATA(a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(b)
+    return (cnp.PyArray_NBYTES(a) > 0 and cnp.PyArray_NBYTES(b) > 0
+            and pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a))
+
+
 cdef inline cnp.ndarray _result_array(object arr, cnp.ndarray like, int nd):
     # arr as a result array of the fast paths (an exact, writable,
     # kernel-ready ndarray of like's dtype, shaped like's first nd axes),
@@ -343,7 +351,11 @@ cdef class RowwiseRun:
             if not (type(results) is tuple and len(<tuple>results) == 2):
                 return None
             out, log_det = _result_array(results[0], a, nd), _result_array(results[1], a, nd - 1)
-            if out is None or log_det is None:
+            # out may be the input itself (the kernels read a row, or a
+            # block, before writing it); other overlaps take the generic
+            # path, which copies the input.
+            if (out is None or log_det is None or _overlap(log_det, a)
+                    or (_overlap(out, a) and cnp.PyArray_DATA(out) != cnp.PyArray_DATA(a))):
                 return None
         if work_size > STACK_WORK:
             work = malloc(work_size * sizeof(double))

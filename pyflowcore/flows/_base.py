@@ -127,6 +127,8 @@ class Flow:
                 return res
         z, single = as_points(z, "z", self.dim, self.dtype, self.device)
         x, log_det = self._outputs(out, single, z.shape[0])
+        if out is not None:
+            z = separate(z, (x, log_det), alias=x)
         self._kernels()._forward(z, x, log_det)
         return self._result(single, x, log_det, out)
 
@@ -150,6 +152,8 @@ class Flow:
                 return res
         x, single = as_points(x, "x", self.dim, self.dtype, self.device)
         z, log_det = self._outputs(out, single, x.shape[0])
+        if out is not None:
+            x = separate(x, (z, log_det), alias=z)
         self._kernels()._inverse(x, z, log_det)
         return self._result(single, z, log_det, out)
 
@@ -176,6 +180,10 @@ class Flow:
         grad_x = as_cotangent(grad_x, "grad_x", z.shape, self.dtype, self.device)
         grad_log_det = as_grad_log_det(grad_log_det, z.shape[0], self.dtype, single, self.device)
         grad_z, grad_params = self._grad_outputs(out, single, z.shape[0])
+        if out is not None:
+            outs = (grad_z, grad_params)
+            z, grad_log_det = separate(z, outs), separate(grad_log_det, outs)
+            grad_x = separate(grad_x, outs, alias=grad_z)
         self._kernels()._backward(z, grad_x, grad_log_det, grad_z, grad_params)
         return self._grad_result(single, grad_z, grad_params, out)
 
@@ -200,6 +208,10 @@ class Flow:
         grad_z = as_cotangent(grad_z, "grad_z", x.shape, self.dtype, self.device)
         grad_log_det = as_grad_log_det(grad_log_det, x.shape[0], self.dtype, single, self.device)
         grad_x, grad_params = self._grad_outputs(out, single, x.shape[0])
+        if out is not None:
+            outs = (grad_x, grad_params)
+            x, grad_log_det = separate(x, outs), separate(grad_log_det, outs)
+            grad_z = separate(grad_z, outs, alias=grad_x)
         self._kernels()._inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)
         return self._grad_result(single, grad_x, grad_params, out)
 
@@ -243,6 +255,8 @@ class Flow:
         sq_weight = check_finite_float(sq_weight, "sq_weight")
         log_det_weight = check_finite_float(log_det_weight, "log_det_weight")
         grad_v, grad_params = self._grad_outputs(out, single, v.shape[0])
+        if out is not None:
+            v = separate(v, (grad_v, grad_params))
         kernels = self if self._gpu is None else self._gpu
         sum_sq, sum_ld = quadratic_vjp(kernels, bool(inverse), v, sq_weight, log_det_weight,
                                        grad_v, grad_params)
@@ -359,6 +373,30 @@ class Flow:
         if out is not None:
             return tuple(out)
         return (grad_points[0] if single else grad_points), grad_params
+
+
+def separate(a, outs, alias=None):
+    """``a``, or a copy of it where it may share memory with one of the
+    ``out=`` arrays ``outs``, which the kernels could then write before they
+    have read ``a``.  ``alias``, one of ``outs``, may be ``a`` itself, element
+    for element, on the CPU: the CPU kernels read each row, or block of
+    rows, of that input before they write it (the in-place case of
+    ``out=``); any other overlap, e.g. a shifted view, is copied.
+    """
+    if isinstance(a, np.ndarray):
+        may_share = np.may_share_memory
+    else:
+        may_share = array_module("cuda").may_share_memory
+    for o in outs:
+        if may_share(a, o) and not (o is alias and isinstance(a, np.ndarray) and same_elements(a, o)):
+            return a.copy()
+    return a
+
+
+def same_elements(a, b):
+    """Whether NumPy arrays ``a`` and ``b`` view the same memory, element for element."""
+    return (a.shape == b.shape and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def quadratic_vjp(kernels, inverse, v, sq_weight, log_det_weight, grad_v, grad_params):

@@ -218,6 +218,59 @@ def test_out_arrays_are_filled(case, dim, dtype):
     np.testing.assert_array_equal(ld, ld_ref)
 
 
+@pytest.mark.parametrize("n", [7, 65, 700])
+@pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
+def test_out_arrays_may_overlap_the_inputs(case, dim, dtype, n):
+    # out= naming an input of the same role (z for x, grad_x for grad_z)
+    # runs in place; any other overlap -- the points as gradient output, a
+    # shifted view -- is copied first.  Results are those without out=.
+    rng = np.random.default_rng(n)
+    flow = case.make(dim, dtype, rng)
+    z = case.sample_z(rng, n, flow.dim).astype(flow.dtype)
+    g = rng.standard_normal(z.shape)
+    h = rng.standard_normal(n)
+    x, log_det = flow.forward(z)
+    z_back, log_det_inv = flow.inverse(x)
+    grad_z, grad_params = flow.backward(z, g, h)
+    grad_x, grad_params_inv = flow.inverse_backward(x, g, h)
+    empty_params = np.empty(flow.num_params)
+
+    for method, v, expected in (("forward", z, (x, log_det)),
+                                ("inverse", x, (z_back, log_det_inv))):
+        buf = v.copy()
+        res = getattr(flow, method)(buf, out=(buf, np.empty(n)))
+        assert res[0] is buf
+        np.testing.assert_array_equal(buf, expected[0])
+        np.testing.assert_array_equal(res[1], expected[1])
+        # The outputs one row further on: row r of the result lands on input
+        # row r + 1, which the kernels have not read yet.
+        big = np.concatenate([v, v[:1]])
+        res = getattr(flow, method)(big[:-1], out=(big[1:], np.empty(n)))
+        np.testing.assert_array_equal(big[1:], expected[0])
+        # The log-determinants over the input's first values.
+        buf = v.copy()
+        ld_view = buf.reshape(-1)[:n]
+        getattr(flow, method)(buf, out=(np.empty_like(v), ld_view))
+        np.testing.assert_array_equal(ld_view, expected[1])
+
+    for method, v, expected in (("backward", z, (grad_z, grad_params)),
+                                ("inverse_backward", x, (grad_x, grad_params_inv))):
+        buf = g.copy()
+        res = getattr(flow, method)(v, buf, h, out=(buf, empty_params))
+        assert res[0] is buf
+        np.testing.assert_array_equal(buf, expected[0])
+        np.testing.assert_array_equal(res[1], expected[1])
+        buf = v.copy()
+        getattr(flow, method)(buf, g, h, out=(buf, empty_params))
+        np.testing.assert_array_equal(buf, expected[0])
+        # The parameter gradients over the last log-determinant cotangent.
+        buf = np.concatenate([h, np.empty(flow.num_params)])
+        res = getattr(flow, method)(v, g, buf[:n],
+                                    out=(np.empty_like(v), buf[n - 1:n - 1 + flow.num_params]))
+        np.testing.assert_array_equal(res[0], expected[0])
+        np.testing.assert_array_equal(res[1], expected[1])
+
+
 @pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
 def test_non_finite_row_only_affects_itself(case, dim, dtype):
     flow, z = build(case, dim, dtype)
