@@ -383,12 +383,10 @@ def separate(a, outs, alias=None):
     rows, of that input before they write it (the in-place case of
     ``out=``); any other overlap, e.g. a shifted view, is copied.
     """
-    if isinstance(a, np.ndarray):
-        may_share = np.may_share_memory
-    else:
-        may_share = array_module("cuda").may_share_memory
+    on_cpu = isinstance(a, np.ndarray)
+    may_share = np.may_share_memory if on_cpu else array_module("cuda").may_share_memory
     for o in outs:
-        if may_share(a, o) and not (o is alias and isinstance(a, np.ndarray) and same_elements(a, o)):
+        if may_share(a, o) and not (on_cpu and o is alias and same_elements(a, o)):
             return a.copy()
     return a
 
