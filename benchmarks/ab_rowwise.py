@@ -40,14 +40,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", help="the first build (.so)")
     parser.add_argument("b", help="the second build (.so)")
-    parser.add_argument("workload", help="a pyflowcore.bench workload key: W1, W2, W3, W6")
+    parser.add_argument("workload", help="a pyflowcore.bench workload key: W1, W2, W3, W5, W6")
     parser.add_argument("task", choices=["forward", "grad", "log_prob"])
     parser.add_argument("dtype", choices=["float64", "float32"])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--n", type=int, help="the number of rows (default: the workload's first)")
     args = parser.parse_args(argv)
 
     workload = next(w for w in bench.default_workloads()
-                    if w.key == args.workload and w.task == args.task)
+                    if w.key == args.workload and w.task == args.task
+                    and args.n in (None, w.n))
     problems = []
     for path in (args.a, args.b):
         # Flows take RowwiseRun from pyflowcore.flows._rowwise when built.

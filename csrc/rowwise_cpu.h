@@ -30,7 +30,8 @@
  * step 2 is what bounds a layer):
  *   planar: t = tanh(s) and hp = 1 - t^2 from one exponential and one
  *     division (vm::tanh_sech2, hp keeps its relative accuracy for large
- *     |s|; the float forward on AVX-512 takes t from vm's tanh tables and
+ *     |s|; on AVX-512 the double pair takes its exponential from vm's
+ *     tables, and a float chain's forward t from vm's tanh tables and
  *     hp = 1 - t^2, see planar_act_block); log D = log1p(hp c) where
  *     hp c > -1/2, else log(t^2 + hp sp), both through one
  *     vm::log_sum_normal (log(u) + c/u with u = fl(1 + q) and c its
@@ -301,13 +302,29 @@ PFC_VM_TARGET_AVX512 inline void planar_act_block_avx512(const float* s, float* 
         _mm512_storeu_ps(hp + r, _mm512_fnmadd_ps(tr, tr, _mm512_set1_ps(1.0f)));
     }
 }
+
+/* The double copy: vm's tanh_sech2_zmm, tanh_sech2 with the tabled
+ * exponential of the double tanh_array (hp as accurate as tanh_sech2's). */
+template <int R>
+PFC_VM_TARGET_AVX512 inline void planar_act_block_avx512(const double* s, double* t, double* hp) {
+    const vm::detail::TanhTableF64 tab;
+    for (int r = 0; r < R; r += 8) {
+        __m512d tr, hr;
+        vm::detail::tanh_sech2_zmm(tab, _mm512_loadu_pd(s + r), tr, hr);
+        _mm512_storeu_pd(t + r, tr);
+        _mm512_storeu_pd(hp + r, hr);
+    }
+}
 #endif
 
-/* t = tanh(s), hp = 1 - t^2 for every row (s may be t); WIDE: see above. */
-template <int R = BLOCK_ROWS, bool WIDE = false, typename T>
+/* t = tanh(s), hp = 1 - t^2 for every row (s may be t).  WIDE: the AVX-512
+ * copies above, except where the caller asks for RELATIVE_HP (the backward,
+ * a lone layer's log_det: hp relatively accurate where it is tiny), which
+ * the float copy does not give. */
+template <int R = BLOCK_ROWS, bool WIDE = false, bool RELATIVE_HP = false, typename T>
 PFC_VM_INLINE void planar_act_block(const T* s, T* t, T* hp) {
 #if PFC_VM_DISPATCH
-    if constexpr (WIDE && std::is_same<T, float>::value) {
+    if constexpr (WIDE && (std::is_same<T, double>::value || !RELATIVE_HP)) {
         planar_act_block_avx512<R>(s, t, hp);
         return;
     }
@@ -1264,7 +1281,8 @@ PFC_VM_INLINE void planar_forward_rows(const T* work, int dim, index_t nrows, co
     T* ld = hp + BLOCK_ROWS;
     T* flag = ld + BLOCK_ROWS;
     rows_dot<WIDE, R>(work + dim, work[2 * dim], dim, nrows, z, s);
-    planar_act_block<R>(s, t, hp);
+    /* a lone layer's log_det is hp c: relatively accurate in the tails */
+    planar_act_block<R, WIDE, true>(s, t, hp);
     for (int r = 0; r < R; ++r) ld[r] = T(0);
     planar_logdet_block<R, false, FACTORS_CHECKED>(work, dim, t, hp, ld, flag, LogProduct<T>{});
     for (index_t r = 0; r < nrows; ++r) {
@@ -2089,7 +2107,7 @@ PFC_VM_INLINE void chain_backward_block_impl(const int* kinds, const T* work,
         T* t = act + 2 * (index_t)k * BLOCK_ROWS;
         if (kinds[k] == KIND_PLANAR) {
             if (!have_s) block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, t);
-            planar_act_block(t, t, t + BLOCK_ROWS);
+            planar_act_block<BLOCK_ROWS, WIDE, true>(t, t, t + BLOCK_ROWS);
             if (quadratic) {
                 planar_logdet_chain<BLOCK_ROWS>(lds, wk, dim, t, t + BLOCK_ROWS, ld, tmp);
             }

@@ -14,6 +14,8 @@ Python:
   time from the CPU's features (``cpu_level``).  ``level`` forces a lower copy
   (0 baseline, 1 AVX2, 2 AVX-512) so that the tests cover every one the
   machine can run; a level the CPU lacks falls back to the best it has.
+* ``tanh_sech2(x, t, hp, level=-1)`` is the planar kernels' fused pair,
+  tanh and 1 - tanh^2, by the same dispatch.
 * ``exp_libm`` ... ``tanh_libm`` are the plain scalar loops over the C
   library (``pfc::exp`` etc. from ``pfc_config.h``), the baseline for the
   benchmark.
@@ -50,6 +52,8 @@ cdef extern from "pfc_vmath.h" namespace "pfc::vm" nogil:
     void vm_log_array "pfc::vm::log_array"[T](const T* x, T* out, index_t n, int level)
     void vm_log1p_array "pfc::vm::log1p_array"[T](const T* x, T* out, index_t n, int level)
     void vm_tanh_array "pfc::vm::tanh_array"[T](const T* x, T* out, index_t n, int level)
+    void vm_tanh_sech2_array "pfc::vm::tanh_sech2_array"[T](const T* x, T* t, T* hp, index_t n,
+                                                          int level)
 
 
 BASELINE = LEVEL_BASELINE
@@ -132,6 +136,19 @@ def log1p(x, out, int level=-1):
 def tanh(x, out, int level=-1):
     """out[i] = tanh(x[i]) (vectorised pfc::vm::tanh)."""
     _apply(TANH, x, out, level, False)
+
+
+def tanh_sech2(const floating[::1] x, floating[::1] t, floating[::1] hp, int level=-1):
+    """t[i] = tanh(x[i]), hp[i] = 1 - tanh(x[i])^2 (pfc::vm::tanh_sech2, the
+    planar kernels' fused pair; for doubles on AVX-512 their tabled copy)."""
+    cdef Py_ssize_t n = x.shape[0]
+    if t.shape[0] != n or hp.shape[0] != n:
+        raise ValueError(f"x, t and hp must have the same length, got {n}, {t.shape[0]} "
+                         f"and {hp.shape[0]}")
+    if n == 0:
+        return
+    with nogil:
+        vm_tanh_sech2_array(&x[0], &t[0], &hp[0], n, level)
 
 
 def exp_libm(x, out):
