@@ -911,26 +911,17 @@ struct TanhTableF64 {
     }
 };
 
-/* tanh of 8 doubles: tanh()'s quotient (1 - e) / (1 + e), e = e^(-2|x|),
- * with e from a 16-entry table instead of a degree-10 polynomial:
- * e = 2^m T_j e^r, n = 16 m + j = round(-2|x| 16 / ln2), |r| <= ln2/32,
- * e^r - 1 to degree 8 (Taylor; the next term is below 2^-60 of it), T_j =
- * 2^(j/16) = HI (1 + RATIO) from one vpermt2pd each (pfc_tanh_table.h).
- * HI is a multiple of 2^-50, so for |x| <= 0.55 (m >= -2), where the
- * quotient cancels, s = 2^m HI gives 1 - s and 1 + s exactly and
- * e = s (1 + p), p = (e^r - 1) + RATIO (1 + r), enters both through one
- * FMA.  Beyond 0.55 tanh = 1 - 2e / (1 + e), as in tanh().  |x| is capped
- * at 40 (tanh rounds to 1 from 19.1; 2^m stays normal); tiny |x| needs no
- * branch (n = 0, e - 1 = p = -2|x|, and tanh = 2|x| / 2).  Max error 2.1
- * ulp (tests/test_vmath.py; the worst just past |x| = ln2/32, n = -1),
- * at ~33 vector operations per 8 doubles instead of tanh()'s ~45. */
-PFC_VM_ZMM_INL __m512d tanh_zmm(const TanhTableF64& tab, __m512d x) {
+/* e^(-2a) of 8 doubles a >= 0 from a 16-entry table instead of a
+ * degree-10 polynomial: e = 2^m T_j e^r, n = 16 m + j = round(-2a 16 /
+ * ln2), |r| <= ln2/32, e^r - 1 to degree 8 (Taylor; the next term is below
+ * 2^-60 of it), T_j = 2^(j/16) = HI (1 + RATIO) from one vpermt2pd each
+ * (pfc_tanh_table.h).  Returned as e = 2^-M s (1 + p): s = 2^(m + M) HI,
+ * p = (e^r - 1) + RATIO (1 + r); the caller picks M so that 2^(m + M) is
+ * normal for every a it lets through.  The product n LN2_16_HI is taken
+ * inside an FMA, so the reduction is exact for any such n. */
+template <int M>
+PFC_VM_ZMM_INL __m512d exp_neg2_zmm(const TanhTableF64& tab, __m512d a, __m512d& p) {
     namespace tt = tanh_table;
-    const __m512i abs_mask = _mm512_set1_epi64(0x7fffffffffffffffLL);
-    const __m512d one = _mm512_set1_pd(1.0);
-    const __m512i xi = _mm512_castpd_si512(x);
-    const __m512d a = _mm512_min_pd(_mm512_set1_pd(40.0),
-                                    _mm512_castsi512_pd(_mm512_and_si512(xi, abs_mask)));
     /* n in the low bits of kshift: the table index (vpermt2pd reads bits
      * 0-3) and, shifted, 2^m's exponent. */
     const __m512d shift = _mm512_set1_pd(SHIFT_D);
@@ -948,13 +939,32 @@ PFC_VM_ZMM_INL __m512d tanh_zmm(const TanhTableF64& tab, __m512d x) {
     q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 6));
     q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(0.5));
     const __m512d ratio = _mm512_permutex2var_pd(tab.ratio[0], kbits, tab.ratio[1]);
-    const __m512d p = _mm512_fmadd_pd(_mm512_mul_pd(r, r), q,
-                                      _mm512_add_pd(r, _mm512_fmadd_pd(ratio, r, ratio)));
-    /* 2^m, m = floor(n / 16): (n + 16 * 1023) >> 4 << 52, n = kbits - bits(SHIFT_D) */
-    const __m512i bias = _mm512_set1_epi64(16 * 1023 - (long long)bits(SHIFT_D));
+    p = _mm512_fmadd_pd(_mm512_mul_pd(r, r), q, _mm512_add_pd(r, _mm512_fmadd_pd(ratio, r, ratio)));
+    /* 2^(m + M), m = floor(n / 16): (n + 16 (1023 + M)) >> 4 << 52, n =
+     * kbits - bits(SHIFT_D) */
+    const __m512i bias = _mm512_set1_epi64(16 * (1023 + M) - (long long)bits(SHIFT_D));
     const __m512d scale = _mm512_castsi512_pd(
         _mm512_slli_epi64(_mm512_srli_epi64(_mm512_add_epi64(kbits, bias), 4), 52));
-    const __m512d s = _mm512_mul_pd(_mm512_permutex2var_pd(tab.hi[0], kbits, tab.hi[1]), scale);
+    return _mm512_mul_pd(_mm512_permutex2var_pd(tab.hi[0], kbits, tab.hi[1]), scale);
+}
+
+/* tanh of 8 doubles: tanh()'s quotient (1 - e) / (1 + e), e = e^(-2|x|) =
+ * s (1 + p) from exp_neg2_zmm (M = 0).  HI is a multiple of 2^-50, so for
+ * |x| <= 0.55 (m >= -2), where the quotient cancels, s = 2^m HI gives
+ * 1 - s and 1 + s exactly and e enters both through one FMA.  Beyond 0.55
+ * tanh = 1 - 2e / (1 + e), as in tanh().  |x| is capped at 40 (tanh rounds
+ * to 1 from 19.1; 2^m stays normal); tiny |x| needs no branch (n = 0,
+ * e - 1 = p = -2|x|, and tanh = 2|x| / 2).  Max error 2.1 ulp
+ * (tests/test_vmath.py; the worst just past |x| = ln2/32, n = -1), at ~33
+ * vector operations per 8 doubles instead of tanh()'s ~45. */
+PFC_VM_ZMM_INL __m512d tanh_zmm(const TanhTableF64& tab, __m512d x) {
+    const __m512i abs_mask = _mm512_set1_epi64(0x7fffffffffffffffLL);
+    const __m512d one = _mm512_set1_pd(1.0);
+    const __m512i xi = _mm512_castpd_si512(x);
+    const __m512d a = _mm512_min_pd(_mm512_set1_pd(40.0),
+                                    _mm512_castsi512_pd(_mm512_and_si512(xi, abs_mask)));
+    __m512d p;
+    const __m512d s = exp_neg2_zmm<0>(tab, a, p);
     const __mmask8 far = _mm512_cmp_pd_mask(a, _mm512_set1_pd(0.55), _CMP_GT_OQ);
     const __m512d den = _mm512_fmadd_pd(s, p, _mm512_add_pd(one, s));
     const __m512d num = _mm512_mask_mul_pd(_mm512_fnmadd_pd(s, p, _mm512_sub_pd(one, s)), far,
@@ -967,44 +977,20 @@ PFC_VM_ZMM_INL __m512d tanh_zmm(const TanhTableF64& tab, __m512d x) {
 
 /* tanh_sech2 of 8 doubles with tanh_zmm's tabled exponential: t = num / den
  * as there, taken as num (1 / den) (half an ulp more, as in tanh_sech2),
- * so that the same reciprocal gives hp = 4e / (1 + e)^2, e = 2^m T_j (1 +
- * p).  Where tanh_zmm caps |x| at 40, hp would be wrong: here the cap is
- * 373, where e rounds to 0, and e is formed from 2^(m + 60), normal for
- * every m kept, times 2^-60, so that a subnormal e rounds once; hp keeps
- * its relative accuracy until it underflows (as tanh_sech2's).  The
- * reduction stays exact for those n: the product n LN2_16_HI is taken
- * inside an FMA.  ~38 vector operations per 8 doubles instead of
- * tanh_sech2's ~50. */
+ * so that the same reciprocal gives hp = 4e / (1 + e)^2.  Where tanh_zmm
+ * caps |x| at 40, hp would be wrong: here the cap is 373, where e rounds
+ * to 0, and exp_neg2_zmm gives s60 = 2^(m + 60) HI, normal for every m
+ * kept, so that a subnormal e = 2^-60 s60 (1 + p) rounds once; hp keeps
+ * its relative accuracy until it underflows (as tanh_sech2's).  ~38 vector
+ * operations per 8 doubles instead of tanh_sech2's ~50. */
 PFC_VM_ZMM_INL void tanh_sech2_zmm(const TanhTableF64& tab, __m512d x, __m512d& t, __m512d& hp) {
-    namespace tt = tanh_table;
     const __m512i abs_mask = _mm512_set1_epi64(0x7fffffffffffffffLL);
     const __m512d one = _mm512_set1_pd(1.0);
     const __m512i xi = _mm512_castpd_si512(x);
     const __m512d a = _mm512_min_pd(_mm512_set1_pd(373.0),
                                     _mm512_castsi512_pd(_mm512_and_si512(xi, abs_mask)));
-    const __m512d shift = _mm512_set1_pd(SHIFT_D);
-    const __m512d kshift = _mm512_fmadd_pd(a, _mm512_set1_pd(tt::MINUS_32_OVER_LN2), shift);
-    const __m512i kbits = _mm512_castpd_si512(kshift);
-    const __m512d n = _mm512_sub_pd(kshift, shift);
-    const __m512d r = _mm512_sub_pd(
-        _mm512_fnmadd_pd(n, _mm512_set1_pd(tt::LN2_16_HI), _mm512_mul_pd(a, _mm512_set1_pd(-2.0))),
-        _mm512_mul_pd(n, _mm512_set1_pd(tt::LN2_16_LO)));
-    __m512d q = _mm512_set1_pd(1.0 / 40320);
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 5040));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 720));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 120));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 24));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(1.0 / 6));
-    q = _mm512_fmadd_pd(q, r, _mm512_set1_pd(0.5));
-    const __m512d ratio = _mm512_permutex2var_pd(tab.ratio[0], kbits, tab.ratio[1]);
-    const __m512d p = _mm512_fmadd_pd(_mm512_mul_pd(r, r), q,
-                                      _mm512_add_pd(r, _mm512_fmadd_pd(ratio, r, ratio)));
-    /* 2^(m + 60), m = floor(n / 16): (n + 16 (1023 + 60)) >> 4 << 52 */
-    const __m512i bias = _mm512_set1_epi64(16 * (1023 + 60) - (long long)bits(SHIFT_D));
-    const __m512d scale60 = _mm512_castsi512_pd(
-        _mm512_slli_epi64(_mm512_srli_epi64(_mm512_add_epi64(kbits, bias), 4), 52));
-    const __m512d s60 = _mm512_mul_pd(_mm512_permutex2var_pd(tab.hi[0], kbits, tab.hi[1]),
-                                      scale60);
+    __m512d p;
+    const __m512d s60 = exp_neg2_zmm<60>(tab, a, p);
     const __m512d tiny = _mm512_set1_pd(0x1p-60);
     const __m512d s = _mm512_mul_pd(s60, tiny);   /* exact where it matters (m >= -2) */
     const __m512d e = _mm512_mul_pd(_mm512_fmadd_pd(s60, p, s60), tiny);
