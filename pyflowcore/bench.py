@@ -216,8 +216,10 @@ class Backend:
 
 # From this many rows on, pyflowcore's batch-sized outputs are allocated once
 # and reused through out=, as a loop over batches or a training loop would
-# (fresh pages cost ~5 us each on the project's VM); below, allocating costs
-# less than checking out= arrays.
+# (fresh pages cost ~5 us each on the project's VM).  Below, the plain call is
+# timed, as a sampler's step that keeps its results makes it: out= would save
+# only the two small allocations (0.1-0.2 us of W5's 0.5 and 1.3 us on the
+# Zen 4 VM of 2026-12-03), and the peers allocate theirs too.
 REUSE_MIN_ROWS = 1024
 
 
