@@ -1269,6 +1269,41 @@ PFC_VM_INLINE void rows_dot(const T* w, T b, int dim, index_t nrows, const T* z,
     for (index_t r = nrows; r < R; ++r) s[r] = T(0);
 }
 
+/* x[r] = z[r] + uhat t[r] for the rows [0, nrows) of the row-major z and x
+ * (x may be z).  Rows of one 64-byte vector (dim 16 floats or 8 doubles) go
+ * with uhat in a register and no loop over the dimensions: a 64-row
+ * float32 lone layer 0.87-0.89x the time (paired A/B through Python, AMD
+ * Zen 4).  The same for rows of two vectors (16 doubles) was 1.02-1.07x. */
+#if PFC_VECTOR_EXT
+template <typename T>
+PFC_VM_INLINE void rows_update_vector(const T* uhat, index_t nrows, const T* t, const T* z,
+                                      T* x) {
+    enum { VL = 64 / (int)sizeof(T) };
+    typedef typename vec<T, VL>::type V;
+    V u;
+    memcpy(&u, uhat, sizeof(V));
+    for (index_t r = 0; r < nrows; ++r) {
+        V row;
+        memcpy(&row, z + r * VL, sizeof(V));
+        row += u * t[r];
+        memcpy(x + r * VL, &row, sizeof(V));
+    }
+}
+#endif
+
+template <typename T>
+PFC_VM_INLINE void rows_update(const T* uhat, int dim, index_t nrows, const T* t, const T* z,
+                               T* x) {
+#if PFC_VECTOR_EXT
+    if (dim == 64 / (int)sizeof(T)) return rows_update_vector(uhat, nrows, t, z, x);
+#endif
+    for (index_t r = 0; r < nrows; ++r) {
+        const T tr = t[r];
+        PFC_VM_PRAGMA_SIMD
+        for (int i = 0; i < dim; ++i) x[r * dim + i] = z[r * dim + i] + uhat[i] * tr;
+    }
+}
+
 /* x = z + uhat tanh(w.z + b) and log_det for the rows [0, nrows) of the
  * row-major z and x (x may be z), a lone planar layer `work`; scratch: 5
  * BLOCK_ROWS. */
@@ -1285,12 +1320,8 @@ PFC_VM_INLINE void planar_forward_rows(const T* work, int dim, index_t nrows, co
     planar_act_block<R, WIDE, true>(s, t, hp);
     for (int r = 0; r < R; ++r) ld[r] = T(0);
     planar_logdet_block<R, false, FACTORS_CHECKED>(work, dim, t, hp, ld, flag, LogProduct<T>{});
-    for (index_t r = 0; r < nrows; ++r) {
-        const T tr = t[r];
-        PFC_VM_PRAGMA_SIMD
-        for (int i = 0; i < dim; ++i) x[r * dim + i] = z[r * dim + i] + work[i] * tr;
-        log_det[r] = ld[r];
-    }
+    rows_update(work, dim, nrows, t, z, x);
+    for (index_t r = 0; r < nrows; ++r) log_det[r] = ld[r];
 }
 
 /* The forward takes a run of planar layers two at a time.  With x the

@@ -125,6 +125,30 @@ def test_zero_w_leaves_u_unchanged_and_log_det_zero(dtype):
     np.testing.assert_array_equal(log_det_inv, 0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [8, 15, 16, 17])
+@pytest.mark.parametrize("n", [0, 1, 32, 33, 64, 128, 300])
+def test_lone_layer_forward_at_row_widths(dim, n, dtype):
+    """A lone layer's row-major update, rows of one 64-byte vector (8 doubles,
+    16 floats) included, against the formula; out of place and in place."""
+    rng = np.random.default_rng(dim * 1000 + n)
+    flow = planar(rng.standard_normal(dim), rng.standard_normal(dim) / np.sqrt(dim),
+                  rng.uniform(-0.5, 0.5), dtype)
+    z = rng.standard_normal((n, dim)).astype(dtype)
+    z_before = z.copy()
+    x, log_det = flow.forward(z)
+    np.testing.assert_array_equal(z, z_before)
+    x_ref, ld_ref = planar_reference(flow.params.astype(np.float64), z.astype(np.float64))
+    tol = 20 * EPS[dtype]
+    np.testing.assert_allclose(x, x_ref, rtol=tol, atol=tol * max(1.0, np.abs(x_ref).max(initial=0)))
+    np.testing.assert_allclose(log_det, ld_ref, rtol=tol, atol=tol)
+    in_place = z.copy()
+    x2, log_det2 = flow.forward(in_place, out=(in_place, np.empty(n, dtype=dtype)))
+    assert x2 is in_place
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(log_det2, log_det)
+
+
 # -- the inverse in hard regimes -------------------------------------------------
 
 def hard_case(name, dim, rng):
