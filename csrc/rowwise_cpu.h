@@ -1272,7 +1272,7 @@ PFC_VM_INLINE void rows_dot(const T* w, T b, int dim, index_t nrows, const T* z,
 /* x[r] = z[r] + uhat t[r] for the rows [0, nrows) of the row-major z and x
  * (x may be z).  Rows of one 64-byte vector (dim 16 floats or 8 doubles) go
  * with uhat in a register and no loop over the dimensions: a 64-row
- * float32 lone layer 0.87-0.89x the time (paired A/B through Python, AMD
+ * float32 lone layer 0.86-0.89x the time (paired A/B through Python, AMD
  * Zen 4).  The same for rows of two vectors (16 doubles) was 1.02-1.07x. */
 #if PFC_VECTOR_EXT
 template <typename T>
