@@ -1274,28 +1274,23 @@ PFC_VM_INLINE void rows_dot(const T* w, T b, int dim, index_t nrows, const T* z,
  * with uhat in a register and no loop over the dimensions: a 64-row
  * float32 lone layer 0.86-0.89x the time (paired A/B through Python, AMD
  * Zen 4).  The same for rows of two vectors (16 doubles) was 1.02-1.07x. */
-#if PFC_VECTOR_EXT
-template <typename T>
-PFC_VM_INLINE void rows_update_vector(const T* uhat, index_t nrows, const T* t, const T* z,
-                                      T* x) {
-    enum { VL = 64 / (int)sizeof(T) };
-    typedef typename vec<T, VL>::type V;
-    V u;
-    memcpy(&u, uhat, sizeof(V));
-    for (index_t r = 0; r < nrows; ++r) {
-        V row;
-        memcpy(&row, z + r * VL, sizeof(V));
-        row += u * t[r];
-        memcpy(x + r * VL, &row, sizeof(V));
-    }
-}
-#endif
-
 template <typename T>
 PFC_VM_INLINE void rows_update(const T* uhat, int dim, index_t nrows, const T* t, const T* z,
                                T* x) {
 #if PFC_VECTOR_EXT
-    if (dim == 64 / (int)sizeof(T)) return rows_update_vector(uhat, nrows, t, z, x);
+    enum { VL = 64 / (int)sizeof(T) };
+    if (dim == VL) {
+        typedef typename vec<T, VL>::type V;
+        V u;
+        memcpy(&u, uhat, sizeof(V));
+        for (index_t r = 0; r < nrows; ++r) {
+            V row;
+            memcpy(&row, z + r * VL, sizeof(V));
+            row += u * t[r];
+            memcpy(x + r * VL, &row, sizeof(V));
+        }
+        return;
+    }
 #endif
     for (index_t r = 0; r < nrows; ++r) {
         const T tr = t[r];
