@@ -1529,17 +1529,18 @@ PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, 
     T* dx_old = s + BLOCK_ROWS;
     T* dx = dx_old + BLOCK_ROWS;
     T* done = dx + BLOCK_ROWS;      /* 0: running, 1: converged, 2: for planar_solve */
-    /* The start of planar_solve.  The loop-invariant branches on the sign
-     * of c are selects and the cubic model has a pass of its own: with them
-     * inside, gcc left this loop scalar (a fifth of W6's time). */
+    /* The start of planar_solve.  The branches on the sign of c are selects
+     * (select_, not ?:, which gcc's vectorizer reads as control flow) and
+     * the cubic model has a pass of its own: with either inside, gcc left
+     * this loop scalar (a fifth of W6's time). */
     const bool contracting = c < T(0);
     PFC_VM_PRAGMA_SIMD
     for (int r = 0; r < R; ++r) {
         const T ya = fabs_(Y[r]);
         const T lin = ya / sp;
-        const T l = contracting ? ya : select_(ya - c > lin, ya - c, lin);
-        const T h = contracting ? ya + ac : ya;
-        const T s0 = contracting ? select_((sp > T(0)) & (lin < h), lin, h) : l;
+        const T l = select_(contracting, ya, select_(ya - c > lin, ya - c, lin));
+        const T h = select_(contracting, ya + ac, ya);
+        const T s0 = select_(contracting, select_((sp > T(0)) & (lin < h), lin, h), l);
         lo[r] = l;
         hi[r] = h;
         s[r] = select_(s0 >= l, s0, l);
