@@ -1504,14 +1504,15 @@ PFC_VM_INLINE void planar_vjp_dims(const T* work, int dim, const T* zt, T* gt, c
  * z = x - uhat t and the log-determinant.  planar_solve_block is
  * planar_solve (planar.h) with every branch a select and every row's
  * iteration state in scratch: the same start, bracket, safeguarded Newton
- * steps and stopping rules, the transcendentals from vm::tanh_sech2.  The
+ * steps and stopping rules, t and hp from planar_act_block (vm::tanh_sech2,
+ * or with WIDE in double its AVX-512 copy tanh_sech2_zmm).  The
  * sweep stops when every row has; rows still running after
  * SOLVE_BLOCK_ITER evaluations, and rows with Y = 0 or non-finite (which
  * planar_solve treats apart), are flagged and solved by planar_solve. */
 enum { SOLVE_BLOCK_ITER = 40 };
 
 /* t = tanh(s), hp = 1 - t^2 at the root s of s + c tanh(s) = Y[r]. */
-template <int R, typename T>
+template <bool WIDE, int R, typename T>
 PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, T* hp,
                                       T* scratch) {
     using vm::detail::select_;
@@ -1557,13 +1558,15 @@ PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, 
         }
     }
     for (int it = 0; it < SOLVE_BLOCK_ITER; ++it) {
+        /* t and hp at every row's s, in a pass of their own so that WIDE
+         * takes the AVX-512 copies; a stopped row's s no longer moves, so
+         * its t and hp are recomputed unchanged. */
+        planar_act_block<R, WIDE, true>(s, t, hp);
         int running = 0;
         PFC_SIMD_REDUCE(+ : running)
         for (int r = 0; r < R; ++r) {
             const bool live = done[r] == T(0);
-            const T ya = fabs_(Y[r]), sr = s[r];
-            T tr, hr;
-            vm::tanh_sech2(sr, tr, hr);
+            const T ya = fabs_(Y[r]), sr = s[r], tr = t[r], hr = hp[r];
             const T ct = c * tr, sy = sr - ya;
             const T g = sy + ct;
             const bool conv = !(fabs_(g) > eps * (T(4) * fabs_(ct) + fabs_(sy)));
@@ -1578,8 +1581,6 @@ PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, 
             const bool stop = conv |
                               (fabs_(next - sr) <= T(2) * eps * select_(sr > tiny, sr, tiny)) |
                               !(h - l > T(2) * eps * select_(h > tiny, h, tiny));
-            t[r] = select_(live, tr, t[r]);
-            hp[r] = select_(live, hr, hp[r]);
             const bool go = live & !stop;
             lo[r] = select_(go, l, lo[r]);
             hi[r] = select_(go, h, hi[r]);
@@ -1634,7 +1635,7 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
             continue;
         }
         block_dot<R>(wk + dim, wk[2 * dim], dim, xt, y);
-        planar_solve_block<R>(wk, dim, y, t, hp, solve);
+        planar_solve_block<WIDE, R>(wk, dim, y, t, hp, solve);
         planar_logdet_chain<R>(lds, wk, dim, t, hp, ld, y);
         planar_update_block<R, true>(wk, dim, xt, xt, t);
     }
@@ -1993,7 +1994,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
             continue;
         }
         block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, y);
-        planar_solve_block<BLOCK_ROWS>(wk, dim, y, t, t + BLOCK_ROWS, tmp);
+        planar_solve_block<WIDE, BLOCK_ROWS>(wk, dim, y, t, t + BLOCK_ROWS, tmp);
         if (quadratic) planar_logdet_chain<BLOCK_ROWS>(lds, wk, dim, t, t + BLOCK_ROWS, ld, y);
         planar_update_block<BLOCK_ROWS, true>(wk, dim, in, stack + k * stride, t);
     }
