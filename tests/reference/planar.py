@@ -35,5 +35,6 @@ def make_planar(dim, dtype, rng):
     return flow
 
 
-# 19: a lone planar layer reads its rows eight columns at a time, the rest one by one.
+# A lone planar layer's row widths: 8 and 16, one 64-byte vector of doubles or
+# floats (updated in a register); 19, vectors of eight columns and the rest one by one.
 CASES = [Case("planar", make_planar, planar_reference, dims=(1, 2, 5, 8, 16, 19))]
