@@ -39,21 +39,26 @@ Method
 
 4. Isolation.  pyflowcore is timed in the benchmark's own process, which
    never imports PyTorch or JAX, and each peer in a fresh Python process of
-   its own (``python -m pyflowcore.bench --worker NAME --jobs DIR``), which
-   receives the parameters, the inputs and pyflowcore's results as ``.npy``
-   files and runs no pyflowcore kernel.  Each backend is so timed alone: in
+   its own (``python -m pyflowcore.bench --worker NAME``), which receives
+   the parameters, the inputs and pyflowcore's results as ``.npy`` files
+   and runs no pyflowcore kernel.  The workers stay up for the whole run
+   and each times a workload when asked, while every other process waits.
+   Each backend is so timed alone: in
    one process the OpenMP thread pools of pyflowcore, PyTorch and JAX
    spin-wait against each other on a machine with few cores (on this
    project's 2-core machine, after pyflowcore's calls, torch.compile's W5
    at N = 64 took 16 ms per call instead of 40 µs).  ``--same-process``
    runs everything in one process, as a user mixing the libraries would.
-5. Drift.  A shared VM's speed drifts by 10-20% over minutes, so a ratio of
-   two medians taken minutes apart moves with it.  pyflowcore is timed
-   again after each worker process: an isolated peer's ratio divides by the
-   mean of pyflowcore's medians just before and just after its worker, and
-   pyflowcore's own row shows the median over all its passes.  (An
-   in-process peer is timed right after pyflowcore's first pass, which is
-   its reference.)
+5. Drift.  A shared VM's speed drifts by 10-20% over minutes and, on some
+   hosts, switches between a fast and a ~1.6x slower phase every few
+   seconds (``benchmarks/call_series.py``), so a ratio of two medians taken
+   apart moves with it.  Workload by workload, pyflowcore is timed once,
+   then each isolated peer followed by pyflowcore again (after
+   ``WORKER_SETTLE_S`` for the worker's thread pools to go to sleep): an
+   isolated peer's ratio divides by the mean of pyflowcore's medians just
+   before and just after it, seconds apart, and pyflowcore's own row shows
+   the median over all its passes.  (An in-process peer is timed right
+   after pyflowcore's first pass, which is its reference.)
 
 Workloads (dim 16; N = 65,536, or ``--quick``'s smaller N shown in the
 table): W1 16 planar layers, forward + log-det; W2 the same, forward and the
@@ -539,16 +544,26 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
                     table[j, b.name] = row
             if workers:
                 manifest.append(_save_job(tmp, j, problem, ref_results))
-        for b in workers:
-            log(f"{b.name}: timing in a worker process ...")
-            worker_rows = _run_worker(b, tmp, manifest, tolerance, timing, reference.name,
-                                      verbose)
-            log(f"{reference.name}: timing again ...")
-            for j, row in enumerate(worker_rows):
-                w, dtype = jobs[j]
-                ref_passes[j].append(time_call(ref_runs[j], **timing))
-                table[j, b.name] = Row(w, dtype, b.name, **row,
-                                       ref_s=0.5 * (ref_passes[j][-2] + ref_passes[j][-1]))
+        if workers:
+            log(f"starting a worker process for {', '.join(b.name for b in workers)} ...")
+            procs = [_WorkerProcess(b, tmp, manifest, tolerance, timing, reference.name,
+                                    verbose) for b in workers]
+            try:
+                for j, (w, dtype) in enumerate(jobs):
+                    # Each peer between two passes of pyflowcore seconds apart (Method, 5).
+                    ref_passes[j].append(time_call(ref_runs[j], **timing))
+                    for b, proc in zip(workers, procs):
+                        row = proc.measure(j)
+                        time.sleep(WORKER_SETTLE_S)
+                        ref_passes[j].append(time_call(ref_runs[j], **timing))
+                        table[j, b.name] = Row(
+                            w, dtype, b.name, **row,
+                            ref_s=0.5 * (ref_passes[j][-2] + ref_passes[j][-1]))
+                    log(f"{w.key} N={w.n} {dtype} {reference.name} around the workers: "
+                        + ", ".join(_fmt_time(t) for t in ref_passes[j][1:]))
+            finally:
+                for proc in procs:
+                    proc.close()
     rows = []
     for j in range(len(jobs)):
         ref_row = table[j, reference.name]
@@ -623,67 +638,130 @@ def _load_job(directory, job):
     return problem, tuple(load(f"ref{k}") for k in range(job["num_ref"]))
 
 
-def _run_worker(backend, directory, manifest, tolerance, timing, ref_name, verbose):
-    """Run ``backend``'s share of the jobs in a fresh Python process; returns one
-    dict of Row fields per job (all ``failed`` if the worker dies).  With
-    ``verbose`` its progress lines go straight to this process's standard
-    error, as they come."""
-    spec = {"tolerance": tolerance, "timing": timing, "reference": ref_name,
-            "jobs": manifest}
-    tag = "".join(c if c.isalnum() else "_" for c in backend.name)
-    job_file = os.path.join(directory, f"jobs-{tag}.json")
-    result_file = os.path.join(directory, f"result-{tag}.json")
-    with open(job_file, "w", encoding="utf-8") as fh:
-        json.dump(spec, fh)
-    # The worker must import this very pyflowcore (a source tree need not be installed).
-    import pyflowcore
-    root = os.path.dirname(os.path.dirname(os.path.abspath(pyflowcore.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]]
-                                                 if env.get("PYTHONPATH") else []))
-    cmd = [sys.executable, "-m", "pyflowcore.bench", "--worker", backend.name,
-           "--jobs", job_file, "--result", result_file] + (["--verbose"] if verbose else [])
-    try:
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL,
-                              stderr=None if verbose else subprocess.PIPE, text=True,
-                              errors="replace", check=False)
-    except OSError as exc:
-        return [{"status": "failed", "note": f"cannot start a worker process: {exc}"[:200]}
-                for _ in manifest]
-    try:
-        with open(result_file, encoding="utf-8") as fh:
-            result = json.load(fh)
-    except (OSError, ValueError):
-        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["(its messages are above)"]
-        note = f"worker process exited with code {proc.returncode}: {tail[0]}"[:200]
-        return [{"status": "failed", "note": note} for _ in manifest]
-    backend.info = {"unavailable": result["unavailable"], "describe": result["describe"]}
-    return result["rows"]
+# A worker's thread pools (PyTorch's OpenMP threads, XLA's) spin for a while
+# after its last call; pyflowcore's next pass waits this long so they sleep.
+WORKER_SETTLE_S = 0.2
 
 
-def _worker(name, job_file, result_file, verbose=False):
-    """The worker process: time the built-in peer ``name`` on the jobs of
-    ``job_file`` and write the rows to ``result_file`` as JSON."""
+class _WorkerProcess:
+    """An isolated peer's worker: a fresh Python process (``python -m
+    pyflowcore.bench --worker NAME``) that stays up for the whole run and
+    times one job whenever it is sent the job's index on its standard input,
+    while this process waits; it answers with a JSON line of Row fields on a
+    pipe of its own (the peers' libraries may print to standard output).
+    A worker that dies fails its remaining rows with the reason."""
+
+    def __init__(self, backend, directory, manifest, tolerance, timing, ref_name, verbose):
+        self.backend, self.error, self.proc, self.results = backend, None, None, None
+        tag = "".join(c if c.isalnum() else "_" for c in backend.name)
+        job_file = os.path.join(directory, f"jobs-{tag}.json")
+        with open(job_file, "w", encoding="utf-8") as fh:
+            json.dump({"tolerance": tolerance, "timing": timing, "reference": ref_name,
+                       "jobs": manifest}, fh)
+        # The worker must import this very pyflowcore (a source tree need not be installed).
+        import pyflowcore
+        root = os.path.dirname(os.path.dirname(os.path.abspath(pyflowcore.__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]]
+                                                     if env.get("PYTHONPATH") else []))
+        # Inductor compiles in a pool of subprocesses that it starts, importing
+        # PyTorch, in the background after the first compile: seconds of CPU
+        # that would land on pyflowcore's next pass.  Compile in-process.
+        env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+        # Its messages go to a file, not a pipe nobody reads until the end (a
+        # full pipe would stop the worker); with verbose, straight to ours.
+        self.stderr_path = os.path.join(directory, f"stderr-{tag}.txt")
+        read_fd, write_fd = os.pipe()
+        cmd = [sys.executable, "-m", "pyflowcore.bench", "--worker", backend.name,
+               "--jobs", job_file, "--result-fd", str(write_fd)]
+        cmd += ["--verbose"] if verbose else []
+        try:
+            with open(self.stderr_path, "w", encoding="utf-8") as err:
+                self.proc = subprocess.Popen(
+                    cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                    stderr=None if verbose else err, pass_fds=(write_fd,), text=True,
+                    encoding="utf-8")
+        except OSError as exc:
+            self.error = f"cannot start a worker process: {exc}"[:200]
+            os.close(read_fd)
+            return
+        finally:
+            os.close(write_fd)
+        self.results = os.fdopen(read_fd, "r", encoding="utf-8")
+        hello = self._receive()
+        if hello is not None:
+            backend.info = {"unavailable": hello["unavailable"], "describe": hello["describe"]}
+
+    def _receive(self):
+        line = self.results.readline()
+        if line:
+            return json.loads(line)
+        self.close()
+        try:
+            with open(self.stderr_path, encoding="utf-8", errors="replace") as fh:
+                tail = fh.read().strip().splitlines()[-1:]
+        except OSError:
+            tail = []
+        tail = tail or ["(its messages are above)"]
+        self.error = f"worker process exited with code {self.proc.returncode}: {tail[0]}"[:200]
+        return None
+
+    def measure(self, j):
+        """Row fields of the peer on job ``j`` (``failed`` once the worker is gone)."""
+        if self.error is None:
+            try:
+                self.proc.stdin.write(f"{j}\n")
+                self.proc.stdin.flush()
+            except OSError:
+                pass  # it has exited: _receive reads the end of its pipe and says why
+            row = self._receive()
+            if row is not None:
+                return row
+        return {"status": "failed", "note": self.error}
+
+    def close(self):
+        """Let the worker exit (end of its input) and wait for it."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.results is not None:
+            self.results.close()
+            self.results = None
+
+
+def _worker(name, job_file, result_fd, verbose=False):
+    """The worker process (see ``_WorkerProcess``): time the built-in peer
+    ``name`` on the jobs of ``job_file`` whose indices arrive on standard
+    input, one JSON line of Row fields per job on ``result_fd``."""
     backend = _builtin_peer(name)
     with open(job_file, encoding="utf-8") as fh:
         spec = json.load(fh)
     directory = os.path.dirname(job_file)
     missing = backend.unavailable()
-    rows = []
 
     def log(line):
         if verbose:
             print(line, file=sys.stderr, flush=True)
-    for job in spec["jobs"]:
-        problem, ref_results = _load_job(directory, job)
-        row = _measure_peer(backend, problem, ref_results, missing,
-                            spec["tolerance"][problem.dtype.name], spec["timing"],
-                            spec["reference"], log)
-        rows.append({k: getattr(row, k) for k in _ROW_FIELDS})
-    result = {"unavailable": missing, "describe": "" if missing else backend.describe(),
-              "rows": rows}
-    with open(result_file, "w", encoding="utf-8") as fh:
-        json.dump(result, fh)
+    with os.fdopen(result_fd, "w", encoding="utf-8") as out:
+        def send(obj):
+            out.write(json.dumps(obj) + "\n")
+            out.flush()
+        send({"unavailable": missing, "describe": "" if missing else backend.describe()})
+        for line in iter(sys.stdin.readline, ""):
+            job = spec["jobs"][int(line)]
+            problem, ref_results = _load_job(directory, job)
+            row = _measure_peer(backend, problem, ref_results, missing,
+                                spec["tolerance"][problem.dtype.name], spec["timing"],
+                                spec["reference"], log)
+            send({k: getattr(row, k) for k in _ROW_FIELDS})
     return 0
 
 
@@ -823,7 +901,7 @@ def add_arguments(parser, quick_default=True):
     # The worker side of the isolated runs (see compare); not for direct use.
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--jobs", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -834,11 +912,11 @@ def run_args(args):
     Returns 0, or 2 for an unknown backend name or an unwritable ``--out``.
     """
     if getattr(args, "worker", None):
-        if _builtin_peer(args.worker) is None or not (args.jobs and args.result):
-            print(f"--worker needs a built-in peer name, --jobs and --result; got "
+        if _builtin_peer(args.worker) is None or not args.jobs or args.result_fd is None:
+            print(f"--worker needs a built-in peer name, --jobs and --result-fd; got "
                   f"{args.worker!r}", file=sys.stderr)
             return 2
-        return _worker(args.worker, args.jobs, args.result, args.verbose)
+        return _worker(args.worker, args.jobs, args.result_fd, args.verbose)
     backends = default_backends()
     if args.backends:
         wanted = {name.strip() for name in args.backends.split(",") if name.strip()}

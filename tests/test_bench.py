@@ -131,12 +131,29 @@ def test_isolated_peer_matches_in_process_peer(rows, isolated_rows):
             assert peer.status == same["numpy"].status == "ok"
             assert peer.rel_err == same["numpy"].rel_err
             assert peer.median_s > 0
-            # pyflowcore is timed before and after the worker: the ratio divides by the
-            # mean of the two passes, and with one worker that is also pyflowcore's
-            # median over its passes.
+            # pyflowcore is timed just before and just after the worker's job: the
+            # ratio divides by the mean of those two passes.
             assert peer.ratio == pytest.approx(peer.median_s / peer.ref_s)
-            assert peer.ref_s == pytest.approx(got["pyflowcore"].median_s)
+            assert peer.ref_s > 0 and got["pyflowcore"].median_s > 0
             assert got["torch"].status == "skipped" and "not importable" in got["torch"].note
+
+
+def test_isolated_peer_is_timed_between_two_passes(monkeypatch):
+    # pyflowcore's passes numbered 1, 2, ... in the order they are taken: its
+    # first pass of every job, then per job one pass before the worker and
+    # one after it; the ratio must divide by the mean of those two.
+    passes = iter(range(1, 100))
+    monkeypatch.setattr(bench, "time_call", lambda fn, **timing: float(next(passes)))
+    monkeypatch.setattr(bench, "WORKER_SETTLE_S", 0.0)
+    jobs = WORKLOADS[:2]
+    rows = bench.compare(jobs, ["float64"], [bench.PyflowcoreBackend(), bench.Isolated("numpy")],
+                         **TIMING)
+    for j, w in enumerate(jobs):
+        got = by_backend(rows, w, "float64")
+        first, before, after = j + 1, len(jobs) + 2 * j + 1, len(jobs) + 2 * j + 2
+        assert got["numpy"].ref_s == (before + after) / 2
+        assert got["numpy"].ratio == pytest.approx(got["numpy"].median_s / got["numpy"].ref_s)
+        assert got["pyflowcore"].median_s == sorted([first, before, after])[1]
 
 
 def test_only_builtin_peers_are_isolated():
