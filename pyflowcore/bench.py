@@ -647,12 +647,12 @@ class _WorkerProcess:
     """An isolated peer's worker: a fresh Python process (``python -m
     pyflowcore.bench --worker NAME``) that stays up for the whole run and
     times one job whenever it is sent the job's index on its standard input,
-    while this process waits; it answers with a JSON line of Row fields on a
-    pipe of its own (the peers' libraries may print to standard output).
-    A worker that dies fails its remaining rows with the reason."""
+    while this process waits; it answers with a JSON line of Row fields on
+    its standard output (where nothing else goes: see ``_worker``).  A
+    worker that dies fails its remaining rows with the reason."""
 
     def __init__(self, backend, directory, manifest, tolerance, timing, ref_name, verbose):
-        self.backend, self.error, self.proc, self.results = backend, None, None, None
+        self.error, self.proc = None, None
         tag = "".join(c if c.isalnum() else "_" for c in backend.name)
         job_file = os.path.join(directory, f"jobs-{tag}.json")
         with open(job_file, "w", encoding="utf-8") as fh:
@@ -671,29 +671,22 @@ class _WorkerProcess:
         # Its messages go to a file, not a pipe nobody reads until the end (a
         # full pipe would stop the worker); with verbose, straight to ours.
         self.stderr_path = os.path.join(directory, f"stderr-{tag}.txt")
-        read_fd, write_fd = os.pipe()
         cmd = [sys.executable, "-m", "pyflowcore.bench", "--worker", backend.name,
-               "--jobs", job_file, "--result-fd", str(write_fd)]
-        cmd += ["--verbose"] if verbose else []
+               "--jobs", job_file] + (["--verbose"] if verbose else [])
         try:
             with open(self.stderr_path, "w", encoding="utf-8") as err:
                 self.proc = subprocess.Popen(
-                    cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                    stderr=None if verbose else err, pass_fds=(write_fd,), text=True,
-                    encoding="utf-8")
+                    cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=None if verbose else err, text=True, encoding="utf-8")
         except OSError as exc:
             self.error = f"cannot start a worker process: {exc}"[:200]
-            os.close(read_fd)
             return
-        finally:
-            os.close(write_fd)
-        self.results = os.fdopen(read_fd, "r", encoding="utf-8")
         hello = self._receive()
         if hello is not None:
             backend.info = {"unavailable": hello["unavailable"], "describe": hello["describe"]}
 
     def _receive(self):
-        line = self.results.readline()
+        line = self.proc.stdout.readline()
         if line:
             return json.loads(line)
         self.close()
@@ -732,15 +725,17 @@ class _WorkerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.results is not None:
-            self.results.close()
-            self.results = None
+        self.proc.stdout.close()
 
 
-def _worker(name, job_file, result_fd, verbose=False):
+def _worker(name, job_file, verbose=False):
     """The worker process (see ``_WorkerProcess``): time the built-in peer
     ``name`` on the jobs of ``job_file`` whose indices arrive on standard
-    input, one JSON line of Row fields per job on ``result_fd``."""
+    input, one JSON line of Row fields per job on standard output."""
+    # The answers keep the original standard output to themselves; whatever
+    # the peers' libraries print goes to standard error instead.
+    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
     backend = _builtin_peer(name)
     with open(job_file, encoding="utf-8") as fh:
         spec = json.load(fh)
@@ -750,10 +745,10 @@ def _worker(name, job_file, result_fd, verbose=False):
     def log(line):
         if verbose:
             print(line, file=sys.stderr, flush=True)
-    with os.fdopen(result_fd, "w", encoding="utf-8") as out:
+    with answers:
         def send(obj):
-            out.write(json.dumps(obj) + "\n")
-            out.flush()
+            answers.write(json.dumps(obj) + "\n")
+            answers.flush()
         send({"unavailable": missing, "describe": "" if missing else backend.describe()})
         for line in iter(sys.stdin.readline, ""):
             job = spec["jobs"][int(line)]
@@ -901,7 +896,6 @@ def add_arguments(parser, quick_default=True):
     # The worker side of the isolated runs (see compare); not for direct use.
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--jobs", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--result-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -912,11 +906,11 @@ def run_args(args):
     Returns 0, or 2 for an unknown backend name or an unwritable ``--out``.
     """
     if getattr(args, "worker", None):
-        if _builtin_peer(args.worker) is None or not args.jobs or args.result_fd is None:
-            print(f"--worker needs a built-in peer name, --jobs and --result-fd; got "
-                  f"{args.worker!r}", file=sys.stderr)
+        if _builtin_peer(args.worker) is None or not args.jobs:
+            print(f"--worker needs a built-in peer name and --jobs; got {args.worker!r}",
+                  file=sys.stderr)
             return 2
-        return _worker(args.worker, args.jobs, args.result_fd, args.verbose)
+        return _worker(args.worker, args.jobs, args.verbose)
     backends = default_backends()
     if args.backends:
         wanted = {name.strip() for name in args.backends.split(",") if name.strip()}
