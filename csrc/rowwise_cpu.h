@@ -1624,6 +1624,7 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
     T* solve = hp + BLOCK_ROWS;     /* 6 * BLOCK_ROWS, or a radial layer's 6 + a row */
     load_block<R>(x, dim, nrows, xt);
     ChainLogDet<T> lds = chain_log_det_begin<R>(kinds, K, ld, ld + BLOCK_ROWS);
+    bool have_dot = false;   /* y already holds layer k's w.x + b */
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
         if (kinds[k] == KIND_RADIAL) {
@@ -1634,10 +1635,19 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
             elementwise_map_block<true, R>(kinds[k], wk, dim, xt, xt, ld);
             continue;
         }
-        block_dot<R>(wk + dim, wk[2 * dim], dim, xt, y);
+        if (!have_dot) block_dot<R>(wk + dim, wk[2 * dim], dim, xt, y);
         planar_solve_block<WIDE, R>(wk, dim, y, t, hp, solve);
         planar_logdet_chain<R>(lds, wk, dim, t, hp, ld, y);
-        planar_update_block<R, true>(wk, dim, xt, xt, t);
+        /* z = x + uhat (-t), exactly x - uhat t, in one sweep with the next
+         * layer's w.z + b when that layer (k - 1) is planar, as the forward. */
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < R; ++r) t[r] = -t[r];
+        if (k > 0) {
+            have_dot = planar_update_next<R>(wk, dim, xt, xt, t, kinds[k - 1],
+                                             work + work_offsets[k - 1], y);
+        } else {
+            planar_update_block<R>(wk, dim, xt, xt, t);
+        }
     }
     chain_log_det_end<R>(lds, dim, ld);
     store_block(xt, dim, nrows, z);
