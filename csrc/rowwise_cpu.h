@@ -669,12 +669,13 @@ PFC_VM_INLINE void planar_update_block(const T* uhat, int dim, const T* zt, T* x
 
 /* The planar sweep: xt = zt + sum_{j < NU} uhat_j t_j^T, the updates of NU
  * consecutive planar layers in order (rounded as NU sweeps of one would
- * round them), and s_d = w_d.xt + b_d for d < ND, the next planar layers'
- * dot products (of zt where NU = 0), LANES rows at a time with the t_j and
- * the partial sums in registers.  The block is read (and written) once for
- * all of them: one load, NU + ND FMAs and one store per value, where a
- * sweep per layer costs a load and a store per FMA pair. */
-template <int R, int NU, int ND, typename T>
+ * round them; with SUB, the inverse's zt - uhat_j t_j^T), and s_d = w_d.xt
+ * + b_d for d < ND, the next planar layers' dot products (of zt where NU =
+ * 0), LANES rows at a time with the t_j and the partial sums in registers.
+ * The block is read (and written) once for all of them: one load, NU + ND
+ * FMAs and one store per value, where a sweep per layer costs a load and a
+ * store per FMA pair. */
+template <int R, int NU, int ND, bool SUB = false, typename T>
 PFC_VM_INLINE void planar_sweep(const T* const* uhat, const T* const* t, const T* const* w,
                                 const T* b, T* const* s, int dim, const T* zt, T* xt) {
     static_assert(NU + ND > 0 && NU <= 2 && ND <= 2, "one or two layers each way");
@@ -687,7 +688,7 @@ PFC_VM_INLINE void planar_sweep(const T* const* uhat, const T* const* t, const T
         PFC_UNROLL4
         for (int i = 0; i < dim; ++i) {
             T ui[NU > 0 ? NU : 1], wi[ND > 0 ? ND : 1];
-            for (int j = 0; j < NU; ++j) ui[j] = uhat[j][i];
+            for (int j = 0; j < NU; ++j) ui[j] = SUB ? -uhat[j][i] : uhat[j][i];
             for (int d = 0; d < ND; ++d) wi[d] = w[d][i];
             const T* zi = zt + (index_t)i * BLOCK_ROWS + r0;
             T* xi = xt + (index_t)i * BLOCK_ROWS + r0;
@@ -705,18 +706,18 @@ PFC_VM_INLINE void planar_sweep(const T* const* uhat, const T* const* t, const T
     }
 }
 
-/* The update of planar layer `work`, fused with the next layer's w.x + b
- * into s when that layer (next_kind, next_work) is planar; returns whether
- * it was. */
-template <int R, typename T>
+/* The update of planar layer `work` (with SUB, the inverse's), fused with
+ * the next layer's w.x + b into s when that layer (next_kind, next_work) is
+ * planar; returns whether it was. */
+template <int R, bool SUB = false, typename T>
 PFC_VM_INLINE bool planar_update_next(const T* work, int dim, const T* zt, T* xt, const T* t,
                                       int next_kind, const T* next_work, T* s) {
     if (next_kind == KIND_PLANAR) {
         const T* w = next_work + dim;
-        planar_sweep<R, 1, 1>(&work, &t, &w, &next_work[2 * dim], &s, dim, zt, xt);
+        planar_sweep<R, 1, 1, SUB>(&work, &t, &w, &next_work[2 * dim], &s, dim, zt, xt);
         return true;
     }
-    planar_update_block<R>(work, dim, zt, xt, t);
+    planar_update_block<R, SUB>(work, dim, zt, xt, t);
     return false;
 }
 
@@ -1372,7 +1373,7 @@ PFC_VM_INLINE void chain_forward_block_rows(const int* kinds, const T* work,
                 const T bg[2] = {wg[0][dim], wg[1][dim]};
                 if (!have_s) {
                     if (group == 2) {
-                        planar_sweep<R, 0, 2, T>(nullptr, nullptr, wg, bg, s, dim, xt, xt);
+                        planar_sweep<R, 0, 2, false, T>(nullptr, nullptr, wg, bg, s, dim, xt, xt);
                     } else {
                         block_dot<R>(wg[0], bg[0], dim, xt, s[0]);
                     }
@@ -1511,6 +1512,22 @@ PFC_VM_INLINE void planar_vjp_dims(const T* work, int dim, const T* zt, T* gt, c
  * planar_solve treats apart), are flagged and solved by planar_solve. */
 enum { SOLVE_BLOCK_ITER = 40 };
 
+/* Layer k's inverse update, out = in - uhat t^T, in one sweep with layer
+ * k - 1's w.out + b into y when that layer is planar (the chain's inverse
+ * runs last layer first); returns whether it was. */
+template <int R, typename T>
+PFC_VM_INLINE bool planar_inverse_update(const int* kinds, const T* work,
+                                         const long long* work_offsets, int k, int dim,
+                                         const T* in, T* out, const T* t, T* y) {
+    const T* wk = work + work_offsets[k];
+    if (k > 0) {
+        return planar_update_next<R, true>(wk, dim, in, out, t, kinds[k - 1],
+                                           work + work_offsets[k - 1], y);
+    }
+    planar_update_block<R, true>(wk, dim, in, out, t);
+    return false;
+}
+
 /* t = tanh(s), hp = 1 - t^2 at the root s of s + c tanh(s) = Y[r]. */
 template <bool WIDE, int R, typename T>
 PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, T* hp,
@@ -1638,16 +1655,7 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
         if (!have_dot) block_dot<R>(wk + dim, wk[2 * dim], dim, xt, y);
         planar_solve_block<WIDE, R>(wk, dim, y, t, hp, solve);
         planar_logdet_chain<R>(lds, wk, dim, t, hp, ld, y);
-        /* z = x + uhat (-t), exactly x - uhat t, in one sweep with the next
-         * layer's w.z + b when that layer (k - 1) is planar, as the forward. */
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < R; ++r) t[r] = -t[r];
-        if (k > 0) {
-            have_dot = planar_update_next<R>(wk, dim, xt, xt, t, kinds[k - 1],
-                                             work + work_offsets[k - 1], y);
-        } else {
-            planar_update_block<R>(wk, dim, xt, xt, t);
-        }
+        have_dot = planar_inverse_update<R>(kinds, work, work_offsets, k, dim, xt, xt, t, y);
     }
     chain_log_det_end<R>(lds, dim, ld);
     store_block(xt, dim, nrows, z);
@@ -1989,6 +1997,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
     } else {
         for (index_t r = 0; r < BLOCK_ROWS; ++r) gld[r] = r < nrows ? grad_log_det[r] : T(0);
     }
+    bool have_dot = false;   /* y already holds layer k's w.v_{k+1} + b */
     for (int k = K - 1; k >= 0; --k) {
         const T* wk = work + work_offsets[k];
         const T* in = stack + (k + 1) * stride;
@@ -2003,10 +2012,11 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
                                                     quadratic ? ld : (T*)0);
             continue;
         }
-        block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, y);
+        if (!have_dot) block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, y);
         planar_solve_block<WIDE, BLOCK_ROWS>(wk, dim, y, t, t + BLOCK_ROWS, tmp);
         if (quadratic) planar_logdet_chain<BLOCK_ROWS>(lds, wk, dim, t, t + BLOCK_ROWS, ld, y);
-        planar_update_block<BLOCK_ROWS, true>(wk, dim, in, stack + k * stride, t);
+        have_dot = planar_inverse_update<BLOCK_ROWS>(kinds, work, work_offsets, k, dim, in,
+                                                     stack + k * stride, t, y);
     }
     if (quadratic) {
         /* ld holds the forward log-determinants: log_det_inv = -ld. */
