@@ -47,9 +47,10 @@ def main(argv=None):
     parser.add_argument("--n", type=int, help="the number of rows (default: the workload's first)")
     args = parser.parse_args(argv)
 
-    workload = next(w for w in bench.default_workloads()
-                    if w.key == args.workload and w.task == args.task
-                    and args.n in (None, w.n))
+    try:
+        workload = bench.find_workload(args.workload, args.task, args.n)
+    except ValueError as e:
+        parser.error(str(e))
     problems = []
     for path in (args.a, args.b):
         # Flows take RowwiseRun from pyflowcore.flows._rowwise when built.

@@ -33,12 +33,11 @@ def main(argv=None):
     parser.add_argument("--window", type=float, default=0.1, help="seconds per window")
     args = parser.parse_args(argv)
 
-    matches = [w for w in bench.default_workloads()
-               if w.key == args.key and w.task == args.task
-               and (args.n is None or w.n == args.n)]
-    if not matches:
-        parser.error(f"no workload {args.key} {args.task} with n={args.n}")
-    problem = bench.make_problem(matches[0], args.dtype)
+    try:
+        w = bench.find_workload(args.key, args.task, args.n)
+    except ValueError as e:
+        parser.error(str(e))
+    problem = bench.make_problem(w, args.dtype)
     run = bench.PyflowcoreBackend().prepare(problem).run
     for _ in range(100):
         run()
@@ -50,11 +49,10 @@ def main(argv=None):
     for _ in range(args.windows):
         per_call.append(_window(run, calls))
         control.append(_window(_control, CONTROL_CALLS))
-    w = matches[0]
     print(f"{w.key} {w.title} N={w.n} {args.dtype}: {calls} calls per window")
     for name, series in (("pyflowcore, us per call", per_call),
                          ("control, us per call", control)):
-        q = statistics.quantiles(series, n=10)
+        q = statistics.quantiles(series, n=10, method="inclusive")
         print(f"{name}:\n" + " ".join(f"{1e6 * t:.2f}" for t in series))
         print(f"  min {1e6 * min(series):.2f}  p10 {1e6 * q[0]:.2f}  "
               f"median {1e6 * statistics.median(series):.2f}  p90 {1e6 * q[-1]:.2f}  "

@@ -57,8 +57,9 @@ Method
    ``WORKER_SETTLE_S`` for the worker's thread pools to go to sleep): an
    isolated peer's ratio divides by the mean of pyflowcore's medians just
    before and just after it, seconds apart, and pyflowcore's own row shows
-   the median over all its passes.  (An in-process peer is timed right
-   after pyflowcore's first pass, which is its reference.)
+   the median over all its passes.  (In-process peers are timed right
+   after a pass of pyflowcore of their own, their reference; without them
+   that pass is not run.)
 
 Workloads (dim 16; N = 65,536, or ``--quick``'s smaller N shown in the
 table): W1 16 planar layers, forward + log-det; W2 the same, forward and the
@@ -99,7 +100,7 @@ import numpy as np
 from pyflowcore import _peers
 
 __all__ = ["Workload", "Backend", "Skip", "Row", "Isolated", "default_workloads",
-           "default_backends", "isolated", "compare", "relative_error", "format_table",
+           "find_workload", "default_backends", "isolated", "compare", "relative_error", "format_table",
            "machine_limits", "main", "add_arguments", "run_args"]
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
@@ -129,6 +130,7 @@ class Workload:
 
 
 def default_workloads(n=FULL_N, layers=16):
+    """The workloads W1-W6 of the comparison, at ``n`` rows (W5 at 1 and 64)."""
     planar, radial, nvp = ("planar", layers), ("radial", layers), ("realnvp", 8, 2, 64)
     return [
         Workload("W1", f"planar x{layers} forward+logdet", planar, "forward", n),
@@ -141,6 +143,16 @@ def default_workloads(n=FULL_N, layers=16):
         Workload("W5", "planar x1 forward+logdet", ("planar", 1), "forward", 64),
         Workload("W6", f"planar x{layers} log_prob (inverse)", planar, "log_prob", n),
     ]
+
+
+def find_workload(key, task, n=None):
+    """The default workload ``key`` (``"W1"``...) for ``task``, at ``n`` rows
+    if given (W5 has two) or else the first listed; ``ValueError`` if none.
+    """
+    for w in default_workloads():
+        if w.key == key and w.task == task and n in (None, w.n):
+            return w
+    raise ValueError(f"no workload {key} {task}" + ("" if n is None else f" with n={n}"))
 
 
 @dataclass
@@ -519,7 +531,8 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
     timing = {"repeat": repeat, "warmup": warmup, "min_time": min_time}
     reference, peers = backends[0], backends[1:]
     workers = [b for b in peers if isinstance(b, Isolated)]
-    missing = {b.name: b.unavailable() for b in peers if not isinstance(b, Isolated)}
+    in_process = [b for b in peers if not isinstance(b, Isolated)]
+    missing = {b.name: b.unavailable() for b in in_process}
     jobs = [(w, np.dtype(dtype).name) for w in workloads for dtype in dtypes]
     table = {}  # (job index, backend name) -> Row
     ref_runs = []  # per job: the reference's prepared call
@@ -530,18 +543,20 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
             problem = make_problem(w, dtype, seed)
             ref = reference.prepare(problem)
             ref_results = ref.results(ref.run())
-            ref_s = time_call(ref.run, **timing)
             ref_runs.append(ref.run)
-            ref_passes.append([ref_s])
-            table[j, reference.name] = Row(w, dtype, reference.name, "ok", ref_s, 1.0,
-                                           ref.compile_s, 0.0, ref_s=ref_s)
-            log(f"{w.key} {w.title} N={w.n} {dtype} {reference.name}: {_fmt_time(ref_s)}")
-            for b in peers:
-                if not isinstance(b, Isolated):
-                    row = _measure_peer(b, problem, ref_results, missing[b.name],
-                                        tolerance[dtype], timing, reference.name, log)
-                    row.ref_s = ref_s
-                    table[j, b.name] = row
+            ref_passes.append([])
+            table[j, reference.name] = Row(w, dtype, reference.name, "ok", None, 1.0,
+                                           ref.compile_s, 0.0)
+            if in_process or not workers:
+                # Timed here only for peers timed here; workers get passes of their own.
+                ref_s = time_call(ref.run, **timing)
+                ref_passes[j].append(ref_s)
+                log(f"{w.key} {w.title} N={w.n} {dtype} {reference.name}: {_fmt_time(ref_s)}")
+            for b in in_process:
+                row = _measure_peer(b, problem, ref_results, missing[b.name],
+                                    tolerance[dtype], timing, reference.name, log)
+                row.ref_s = ref_s
+                table[j, b.name] = row
             if workers:
                 manifest.append(_save_job(tmp, j, problem, ref_results))
         if workers:
@@ -559,8 +574,8 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
                         table[j, b.name] = Row(
                             w, dtype, b.name, **row,
                             ref_s=0.5 * (ref_passes[j][-2] + ref_passes[j][-1]))
-                    log(f"{w.key} N={w.n} {dtype} {reference.name} around the workers: "
-                        + ", ".join(_fmt_time(t) for t in ref_passes[j][1:]))
+                    log(f"{w.key} {w.title} N={w.n} {dtype} {reference.name} around the "
+                        "workers: " + ", ".join(_fmt_time(t) for t in ref_passes[j][-1 - len(procs):]))
             finally:
                 for proc in procs:
                     proc.close()

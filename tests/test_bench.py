@@ -7,6 +7,8 @@ and the table lists every row; a peer timed in a worker process of its own
 gives the in-process results.
 """
 
+import statistics
+
 import numpy as np
 import pytest
 
@@ -138,22 +140,34 @@ def test_isolated_peer_matches_in_process_peer(rows, isolated_rows):
             assert got["torch"].status == "skipped" and "not importable" in got["torch"].note
 
 
-def test_isolated_peer_is_timed_between_two_passes(monkeypatch):
-    # pyflowcore's passes numbered 1, 2, ... in the order they are taken: its
-    # first pass of every job, then per job one pass before the worker and
-    # one after it; the ratio must divide by the mean of those two.
-    passes = iter(range(1, 100))
-    monkeypatch.setattr(bench, "time_call", lambda fn, **timing: float(next(passes)))
+@pytest.mark.parametrize("with_in_process_peer", [False, True])
+def test_isolated_peer_is_timed_between_two_passes(monkeypatch, with_in_process_peer):
+    # Every call of time_call returns the next number 1, 2, ... in the order
+    # the calls are made: per job, pyflowcore's own pass and the in-process
+    # peer's (only when there is one), then per job a pass of pyflowcore
+    # before the worker and one after it; the ratio must divide by the mean
+    # of those two.
+    calls = iter(range(1, 100))
+    monkeypatch.setattr(bench, "time_call", lambda fn, **timing: float(next(calls)))
     monkeypatch.setattr(bench, "WORKER_SETTLE_S", 0.0)
     jobs = WORKLOADS[:2]
-    rows = bench.compare(jobs, ["float64"], [bench.PyflowcoreBackend(), bench.Isolated("numpy")],
-                         **TIMING)
+    backends = [bench.PyflowcoreBackend(), bench.Isolated("numpy")]
+    if with_in_process_peer:
+        backends.append(Perturbed(1e-13))  # agrees, so it is timed
+    rows = bench.compare(jobs, ["float64"], backends, **TIMING)
+    first_loop = 2 * len(jobs) if with_in_process_peer else 0
     for j, w in enumerate(jobs):
         got = by_backend(rows, w, "float64")
-        first, before, after = j + 1, len(jobs) + 2 * j + 1, len(jobs) + 2 * j + 2
+        before, after = first_loop + 2 * j + 1, first_loop + 2 * j + 2
         assert got["numpy"].ref_s == (before + after) / 2
         assert got["numpy"].ratio == pytest.approx(got["numpy"].median_s / got["numpy"].ref_s)
-        assert got["pyflowcore"].median_s == sorted([first, before, after])[1]
+        passes = [before, after]
+        if with_in_process_peer:
+            first = 2 * j + 1
+            passes.append(first)
+            peer = next(r for name, r in got.items() if name not in ("pyflowcore", "numpy"))
+            assert (peer.median_s, peer.ref_s) == (first + 1, first)
+        assert got["pyflowcore"].median_s == statistics.median(passes)
 
 
 def test_only_builtin_peers_are_isolated():
@@ -178,3 +192,12 @@ def test_relative_error():
     assert bench.relative_error((ref[0] * np.nan, ref[1]), ref) == np.inf
     assert bench.relative_error((ref[0][:2], ref[1]), ref) == np.inf
     assert bench.relative_error((np.zeros(2),), (np.zeros(2),)) == 0.0
+
+
+def test_find_workload():
+    assert bench.find_workload("W3", "grad").title.startswith("radial x16 forward+grad")
+    assert [bench.find_workload("W5", "forward", n).n for n in (None, 1, 64)] == [1, 1, 64]
+    with pytest.raises(ValueError, match="no workload W5 forward with n=2"):
+        bench.find_workload("W5", "forward", 2)
+    with pytest.raises(ValueError, match="no workload W1 log_prob"):
+        bench.find_workload("W1", "log_prob")
