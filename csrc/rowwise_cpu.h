@@ -1506,7 +1506,7 @@ PFC_VM_INLINE void planar_vjp_dims(const T* work, int dim, const T* zt, T* gt, c
  * planar_solve (planar.h) with every branch a select and every row's
  * iteration state in scratch: the same start, bracket, safeguarded Newton
  * steps and stopping rules, t and hp from planar_act_block (vm::tanh_sech2,
- * or with WIDE in double its AVX-512 copy tanh_sech2_zmm).  The
+ * or with WIDE its AVX-512 copies).  The
  * sweep stops when every row has; rows still running after
  * SOLVE_BLOCK_ITER evaluations, and rows with Y = 0 or non-finite (which
  * planar_solve treats apart), are flagged and solved by planar_solve. */
@@ -1528,8 +1528,15 @@ PFC_VM_INLINE bool planar_inverse_update(const int* kinds, const T* work,
     return false;
 }
 
-/* t = tanh(s), hp = 1 - t^2 at the root s of s + c tanh(s) = Y[r]. */
-template <bool WIDE, int R, typename T>
+/* t = tanh(s), hp = 1 - t^2 at the root s of s + c tanh(s) = Y[r].  The
+ * Newton steps and the inverse's log-determinant factors need hp only to
+ * ~1e-7 absolutely, as the forward's do, so the iteration takes
+ * planar_act_block's cheaper float copy.  The VJP's recomputation, whose
+ * derivatives scale with hp, asks for RELATIVE_HP: hp is then taken again
+ * at the roots, and t left as it was, so that the recomputed inverse is
+ * the inverse's own bit for bit (z = x - uhat t amplifies an ulp of t by
+ * |uhat|, 5e4 in the tests' expanding layers). */
+template <bool WIDE, int R, bool RELATIVE_HP, typename T>
 PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, T* hp,
                                       T* scratch) {
     using vm::detail::select_;
@@ -1578,7 +1585,7 @@ PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, 
         /* t and hp at every row's s, in a pass of their own so that WIDE
          * takes the AVX-512 copies; a stopped row's s no longer moves, so
          * its t and hp are recomputed unchanged. */
-        planar_act_block<R, WIDE, true>(s, t, hp);
+        planar_act_block<R, WIDE>(s, t, hp);
         int running = 0;
         PFC_SIMD_REDUCE(+ : running)
         for (int r = 0; r < R; ++r) {
@@ -1608,6 +1615,14 @@ PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, 
             running += go;
         }
         if (running == 0) break;
+    }
+    if constexpr (RELATIVE_HP && WIDE && std::is_same<T, float>::value) {
+        PFC_VM_PRAGMA_SIMD
+        for (int r = 0; r < R; ++r) {
+            T tr, hr;
+            vm::tanh_sech2(s[r], tr, hr);
+            hp[r] = hr;
+        }
     }
     /* The sign of Y back on t, as a select: a branch on it mispredicts
      * half the time (a sixth of W6's time). */
@@ -1653,7 +1668,7 @@ PFC_VM_INLINE void chain_inverse_block_rows(const int* kinds, const T* work,
             continue;
         }
         if (!have_dot) block_dot<R>(wk + dim, wk[2 * dim], dim, xt, y);
-        planar_solve_block<WIDE, R>(wk, dim, y, t, hp, solve);
+        planar_solve_block<WIDE, R, false>(wk, dim, y, t, hp, solve);
         planar_logdet_chain<R>(lds, wk, dim, t, hp, ld, y);
         have_dot = planar_inverse_update<R>(kinds, work, work_offsets, k, dim, xt, xt, t, y);
     }
@@ -2013,7 +2028,7 @@ PFC_VM_INLINE void chain_inverse_backward_block_impl(const int* kinds, const T* 
             continue;
         }
         if (!have_dot) block_dot<BLOCK_ROWS>(wk + dim, wk[2 * dim], dim, in, y);
-        planar_solve_block<WIDE, BLOCK_ROWS>(wk, dim, y, t, t + BLOCK_ROWS, tmp);
+        planar_solve_block<WIDE, BLOCK_ROWS, true>(wk, dim, y, t, t + BLOCK_ROWS, tmp);
         if (quadratic) planar_logdet_chain<BLOCK_ROWS>(lds, wk, dim, t, t + BLOCK_ROWS, ld, y);
         have_dot = planar_inverse_update<BLOCK_ROWS>(kinds, work, work_offsets, k, dim, in,
                                                      stack + k * stride, t, y);

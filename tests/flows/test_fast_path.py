@@ -162,7 +162,7 @@ def unfit_outs(dtype):
     return {
         "list": [x, ld],
         "one array": (x,),
-        "other dtype": (x.astype(other), ld),
+        "other dtype": (np.empty((6, 3), other), ld),
         "wrong rows": (np.empty((5, 3), dtype), ld),
         "wrong log_det": (x, np.empty(5, dtype)),
         "log_det 2-d": (x, np.empty((6, 1), dtype)),
