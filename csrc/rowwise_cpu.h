@@ -1596,7 +1596,9 @@ PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, 
             const bool conv = !(fabs_(g) > eps * (T(4) * fabs_(ct) + fabs_(sy)));
             const T l = select_(g < T(0), sr, lo[r]);
             const T h = select_(g < T(0), hi[r], sr);
-            const T step = g / (tr * tr + hr * sp);
+            const T inv_gp = T(1) / (tr * tr + hr * sp);
+            const T q = g * inv_gp;
+            const T step = q - q * q * (ct * hr * inv_gp);
             const T newton = sr - step;
             const bool bisect = !((newton >= l) & (newton <= h)) |
                                 !(fabs_(T(2) * step) <= fabs_(dx_old[r]));
