@@ -78,6 +78,11 @@ cimport numpy as cnp
 
 cnp.import_array()
 
+cdef enum:
+    # The fast path keeps the GIL for calls on fewer rows, as NumPy's small
+    # loops do: releasing and taking it back costs more than their work.
+    NOGIL_MIN_ROWS = 128
+
 
 cdef extern from "rowwise.h" namespace "pfc" nogil:
     cpdef enum LayerKind:
@@ -104,6 +109,7 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
     enum:
         BLOCK_ROWS
     int chain_block_scratch_size(int dim)
+    void* thread_scratch(size_t nbytes)
     long long chain_backward_scratch_size(int K, int dim)
     void chain_forward_block[T](int level, const int* kinds, const T* work,
                                 const long long* work_offsets, int K, int dim,
@@ -361,23 +367,29 @@ cdef class RowwiseRun:
             work = malloc(work_size * sizeof(double))
             if work == NULL:
                 raise MemoryError()
-        if typenum == cnp.NPY_DOUBLE:
-            with nogil:
-                failed = self._map_ptr(inverse_map, <const double*>cnp.PyArray_DATA(p),
-                                       <double*>work, n, <const double*>cnp.PyArray_DATA(a),
-                                       <double*>cnp.PyArray_DATA(out),
-                                       <double*>cnp.PyArray_DATA(log_det))
+        if n < NOGIL_MIN_ROWS:
+            failed = self._map_data(inverse_map, typenum == cnp.NPY_DOUBLE,
+                                    cnp.PyArray_DATA(p), work, n, cnp.PyArray_DATA(a),
+                                    cnp.PyArray_DATA(out), cnp.PyArray_DATA(log_det))
         else:
             with nogil:
-                failed = self._map_ptr(inverse_map, <const float*>cnp.PyArray_DATA(p),
-                                       <float*>work, n, <const float*>cnp.PyArray_DATA(a),
-                                       <float*>cnp.PyArray_DATA(out),
-                                       <float*>cnp.PyArray_DATA(log_det))
+                failed = self._map_data(inverse_map, typenum == cnp.NPY_DOUBLE,
+                                        cnp.PyArray_DATA(p), work, n, cnp.PyArray_DATA(a),
+                                        cnp.PyArray_DATA(out), cnp.PyArray_DATA(log_det))
         if work != <void*>stack_work:
             free(work)
         if failed:
             raise MemoryError()
         return out, log_det
+
+    cdef int _map_data(self, bint inverse_map, bint double_data, const void* params, void* work,
+                       Py_ssize_t n, const void* v, void* out, void* log_det) noexcept nogil:
+        # _map_ptr on the arrays' data, of doubles or else floats.
+        if double_data:
+            return self._map_ptr(inverse_map, <const double*>params, <double*>work, n,
+                                 <const double*>v, <double*>out, <double*>log_det)
+        return self._map_ptr(inverse_map, <const float*>params, <float*>work, n,
+                             <const float*>v, <float*>out, <float*>log_det)
 
     cdef int _map_ptr(self, bint inverse_map, const floating* params, floating* work,
                       Py_ssize_t n, const floating* v, floating* out,
@@ -431,13 +443,12 @@ cdef class RowwiseRun:
         cdef long long scratch_size = chain_block_scratch_size(self.dim)
         cdef floating* scratch = NULL
         if n < MIN_ROWS_PARALLEL:
-            scratch = <floating*>scratch_alloc(scratch_size * sizeof(floating))
+            scratch = <floating*>thread_scratch(scratch_size * sizeof(floating))
             if scratch == NULL:
                 return 1
             for blk in range(num_blocks):
                 self._map_block(inverse_map, level, work, n, blk * BLOCK_ROWS, v, out, log_det,
                                 scratch)
-            free(scratch)
             return 0
         with parallel():
             scratch = <floating*>scratch_alloc(scratch_size * sizeof(floating))
