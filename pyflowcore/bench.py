@@ -52,14 +52,18 @@ Method
 5. Drift.  A shared VM's speed drifts by 10-20% over minutes and, on some
    hosts, switches between a fast and a ~1.6x slower phase every few
    seconds (``benchmarks/call_series.py``), so a ratio of two medians taken
-   apart moves with it.  Workload by workload, pyflowcore is timed once,
-   then each isolated peer followed by pyflowcore again (after
-   ``WORKER_SETTLE_S`` for the worker's thread pools to go to sleep): an
-   isolated peer's ratio divides by the mean of pyflowcore's medians just
-   before and just after it, seconds apart, and pyflowcore's own row shows
-   the median over all its passes.  (In-process peers are timed right
-   after a pass of pyflowcore of their own, their reference; without them
-   that pass is not run.)
+   apart moves with it.  Workload by workload, each isolated peer's
+   samples alternate with pyflowcore's: one sample of the peer, then
+   (after ``WORKER_SETTLE_S`` for the worker's thread pools to go to
+   sleep) one of pyflowcore, ``repeat`` times.  The peer's ratio divides
+   its median by the median of pyflowcore's samples taken between its
+   own, so both sides see the same phases; pyflowcore's own row shows the
+   median of all its samples.  (Until stop 22 each peer's median was
+   bracketed by two of pyflowcore's; in run i of 2026-12-03 one of the two
+   fell in a slow phase, 2.06 ms against 1.07-1.15 ms for the others, and
+   W3's float32 ratio came out at 2.85x instead of ~3.9x.)  In-process
+   peers are timed right after a pass of pyflowcore of their own, their
+   reference; without them that pass is not run.
 
 Workloads (dim 16; N = 65,536, or ``--quick``'s smaller N shown in the
 table): W1 16 planar layers, forward + log-det; W2 the same, forward and the
@@ -470,19 +474,32 @@ def time_call(fn, *, repeat, warmup, min_time):
     """Median seconds per call of ``fn()`` over ``repeat`` samples, after
     ``warmup`` calls; each sample loops ``fn`` often enough to last
     ``min_time``."""
+    number = calibrate(fn, warmup=warmup, min_time=min_time)
+    return statistics.median(time_sample(fn, number) for _ in range(max(1, repeat)))
+
+
+def calibrate(fn, *, warmup, min_time):
+    """After ``warmup`` calls of ``fn()``, the number of calls a sample of at
+    least ``min_time`` seconds takes."""
     for _ in range(warmup):
         fn()
     t0 = time.perf_counter()
     fn()
     one = time.perf_counter() - t0
-    number = 1 if one >= min_time else min(10_000, math.ceil(min_time / max(one, 1e-7)))
-    samples = []
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - t0) / number)
-    return statistics.median(samples)
+    return 1 if one >= min_time else min(10_000, math.ceil(min_time / max(one, 1e-7)))
+
+
+def time_sample(fn, number):
+    """Seconds per call of ``fn()`` over ``number`` calls in a row.  When the
+    calls are short (``number > 1``) one untimed call comes first: the first
+    call after a pause pays for waking the thread pools (0.3 ms, and up to 8
+    ms right after a peer's sample, measured on the project's 2-core VM)."""
+    if number > 1:
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) / number
 
 
 @dataclass
@@ -536,7 +553,7 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
     jobs = [(w, np.dtype(dtype).name) for w in workloads for dtype in dtypes]
     table = {}  # (job index, backend name) -> Row
     ref_runs = []  # per job: the reference's prepared call
-    ref_passes = []  # per job: the reference's median in each pass
+    ref_passes = []  # per job: its median, or its samples between the workers' samples
     with tempfile.TemporaryDirectory(prefix="pyflowcore-bench-") as tmp:
         manifest = []
         for j, (w, dtype) in enumerate(jobs):
@@ -565,17 +582,34 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
                                     verbose) for b in workers]
             try:
                 for j, (w, dtype) in enumerate(jobs):
-                    # Each peer between two passes of pyflowcore seconds apart (Method, 5).
-                    ref_passes[j].append(time_call(ref_runs[j], **timing))
+                    # Each peer's samples alternate with pyflowcore's (Method, 5).
+                    ref_number = calibrate(ref_runs[j], warmup=warmup, min_time=min_time)
+                    ref_samples = []
                     for b, proc in zip(workers, procs):
-                        row = proc.measure(j)
-                        time.sleep(WORKER_SETTLE_S)
+                        row = proc.prepare(j)
+                        if row["status"] == "ok":
+                            peer, ours = [], []
+                            for _ in range(max(1, repeat)):
+                                peer.append(proc.sample())
+                                time.sleep(WORKER_SETTLE_S)
+                                ours.append(time_sample(ref_runs[j], ref_number))
+                            if None in peer:   # the worker died while sampling
+                                row = {"status": "failed", "note": proc.error}
+                            else:
+                                row["median_s"] = statistics.median(peer)
+                                row["ref_s"] = statistics.median(ours)
+                                ref_samples += ours
+                                log(f"  {w.key} N={w.n} {dtype} {b.name}: "
+                                    f"{_fmt_time(row['median_s'])}, {reference.name} "
+                                    f"between its samples {_fmt_time(row['ref_s'])}")
+                        else:
+                            log(f"  {w.key} N={w.n} {dtype} {b.name}: {row['status']}: "
+                                f"{row.get('note', '')}")
+                        table[j, b.name] = Row(w, dtype, b.name, **row)
+                    if ref_samples:
+                        ref_passes[j] = ref_samples
+                    elif not ref_passes[j]:   # no peer was timed: time it alone
                         ref_passes[j].append(time_call(ref_runs[j], **timing))
-                        table[j, b.name] = Row(
-                            w, dtype, b.name, **row,
-                            ref_s=0.5 * (ref_passes[j][-2] + ref_passes[j][-1]))
-                    log(f"{w.key} {w.title} N={w.n} {dtype} {reference.name} around the "
-                        "workers: " + ", ".join(_fmt_time(t) for t in ref_passes[j][-1 - len(procs):]))
             finally:
                 for proc in procs:
                     proc.close()
@@ -592,41 +626,50 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
     return rows
 
 
-def _measure_peer(backend, problem, ref_results, missing, tol, timing, ref_name, log):
-    """The Row of one peer on one problem: skipped, failed, disagrees, or timed
-    (``ratio`` is left to the caller)."""
+def _check_peer(backend, problem, ref_results, missing, tol, ref_name, log):
+    """One peer on one problem, before timing: its Row (skipped, failed,
+    disagrees, or ok with ``compile_s`` and ``rel_err``) and, when ok, its
+    prepared call."""
     w = problem.workload
     row = Row(w, problem.dtype.name, backend.name, "skipped")
     if missing:
         row.note = missing
-        return row
+        return row, None
     try:
         prepared = backend.prepare(problem)
         row.compile_s = prepared.compile_s
         err = relative_error(prepared.results(prepared.run()), ref_results)
     except Skip as exc:
         row.note = str(exc)
-        return row
+        return row, None
     except Exception as exc:  # a peer's failure must not stop the others
         row.status, row.note = "failed", f"{type(exc).__name__}: {exc}"[:200]
         log(f"  {w.key} N={w.n} {problem.dtype.name} {backend.name}: failed: {row.note}")
-        return row
+        return row, None
     row.rel_err = err
     if not err <= tol:
         row.status = "disagrees"
         row.note = f"relative error {err:.1e} > {tol:.0e} against {ref_name}: not timed"
         log(f"  {w.key} N={w.n} {problem.dtype.name} {backend.name}: {row.note}")
-        return row
+        return row, None
     row.status = "ok"
-    row.median_s = time_call(prepared.run, **timing)
-    compiled = "" if row.compile_s is None else f", compile {_fmt_time(row.compile_s)}"
-    log(f"  {w.key} N={w.n} {problem.dtype.name} {backend.name}: "
-        f"{_fmt_time(row.median_s)}{compiled}")
+    return row, prepared
+
+
+def _measure_peer(backend, problem, ref_results, missing, tol, timing, ref_name, log):
+    """The Row of one in-process peer on one problem: skipped, failed,
+    disagrees, or timed (``ratio`` is left to the caller)."""
+    row, prepared = _check_peer(backend, problem, ref_results, missing, tol, ref_name, log)
+    if prepared is not None:
+        row.median_s = time_call(prepared.run, **timing)
+        compiled = "" if row.compile_s is None else f", compile {_fmt_time(row.compile_s)}"
+        log(f"  {problem.workload.key} N={problem.workload.n} {problem.dtype.name} "
+            f"{backend.name}: {_fmt_time(row.median_s)}{compiled}")
     return row
 
 
 # -- worker processes ---------------------------------------------------------
-_ROW_FIELDS = ("status", "median_s", "compile_s", "rel_err", "note")
+_ROW_FIELDS = ("status", "compile_s", "rel_err", "note")
 
 
 def _save_job(directory, j, problem, ref_results):
@@ -653,18 +696,24 @@ def _load_job(directory, job):
     return problem, tuple(load(f"ref{k}") for k in range(job["num_ref"]))
 
 
-# A worker's thread pools (PyTorch's OpenMP threads, XLA's) spin for a while
-# after its last call; pyflowcore's next pass waits this long so they sleep.
-WORKER_SETTLE_S = 0.2
+# A worker's thread pools (PyTorch's OpenMP threads, XLA's, OpenBLAS's
+# behind NumPy, ~0.08 s) spin for a while after its last call; pyflowcore's
+# next sample waits this long so they sleep.  (Right after a PyTorch
+# sample, pyflowcore's first call took 8 ms instead of 0.15; 50 ms later,
+# 0.3 ms, its own threads waking, which time_sample's untimed first call
+# absorbs.)
+WORKER_SETTLE_S = 0.1
 
 
 class _WorkerProcess:
     """An isolated peer's worker: a fresh Python process (``python -m
-    pyflowcore.bench --worker NAME``) that stays up for the whole run and
-    times one job whenever it is sent the job's index on its standard input,
-    while this process waits; it answers with a JSON line of Row fields on
-    its standard output (where nothing else goes: see ``_worker``).  A
-    worker that dies fails its remaining rows with the reason."""
+    pyflowcore.bench --worker NAME``) that stays up for the whole run.  Sent
+    ``job J`` on its standard input, it prepares the peer on job J, checks
+    its results and calibrates its samples; sent ``sample``, it times one
+    sample of the job it holds.  Meanwhile this process waits.  It answers
+    each with a JSON line on its standard output (where nothing else goes:
+    see ``_worker``).  A worker that dies fails its remaining rows with the
+    reason."""
 
     def __init__(self, backend, directory, manifest, tolerance, timing, ref_name, verbose):
         self.error, self.proc = None, None
@@ -714,18 +763,27 @@ class _WorkerProcess:
         self.error = f"worker process exited with code {self.proc.returncode}: {tail[0]}"[:200]
         return None
 
-    def measure(self, j):
-        """Row fields of the peer on job ``j`` (``failed`` once the worker is gone)."""
+    def _ask(self, line):
         if self.error is None:
             try:
-                self.proc.stdin.write(f"{j}\n")
+                self.proc.stdin.write(line + "\n")
                 self.proc.stdin.flush()
             except OSError:
                 pass  # it has exited: _receive reads the end of its pipe and says why
-            row = self._receive()
-            if row is not None:
-                return row
-        return {"status": "failed", "note": self.error}
+            return self._receive()
+        return None
+
+    def prepare(self, j):
+        """Row fields of the peer on job ``j`` before timing (``failed`` once
+        the worker is gone); ``sample`` then times it."""
+        row = self._ask(f"job {j}")
+        return row if row is not None else {"status": "failed", "note": self.error}
+
+    def sample(self):
+        """Seconds per call in one sample of the prepared job, or None once
+        the worker is gone."""
+        answer = self._ask("sample")
+        return None if answer is None else answer["sample"]
 
     def close(self):
         """Let the worker exit (end of its input) and wait for it."""
@@ -765,12 +823,21 @@ def _worker(name, job_file, verbose=False):
             answers.write(json.dumps(obj) + "\n")
             answers.flush()
         send({"unavailable": missing, "describe": "" if missing else backend.describe()})
+        timing = spec["timing"]
+        prepared = number = None
         for line in iter(sys.stdin.readline, ""):
-            job = spec["jobs"][int(line)]
+            command = line.split()
+            if command[0] == "sample":
+                send({"sample": time_sample(prepared.run, number)})
+                continue
+            job = spec["jobs"][int(command[1])]
             problem, ref_results = _load_job(directory, job)
-            row = _measure_peer(backend, problem, ref_results, missing,
-                                spec["tolerance"][problem.dtype.name], spec["timing"],
-                                spec["reference"], log)
+            row, prepared = _check_peer(backend, problem, ref_results, missing,
+                                        spec["tolerance"][problem.dtype.name],
+                                        spec["reference"], log)
+            if prepared is not None:
+                number = calibrate(prepared.run, warmup=timing["warmup"],
+                                   min_time=timing["min_time"])
             send({k: getattr(row, k) for k in _ROW_FIELDS})
     return 0
 
@@ -872,8 +939,8 @@ def report(rows, limits, backends, settings):
     out = ["# pyflowcore vs NumPy / PyTorch / JAX (CPU)", "",
            _machine_header(backends), "", settings, "",
            "ratio = peer median / pyflowcore median (> 1: pyflowcore is faster); an isolated "
-           "peer's against pyflowcore timed just before and after it (the mean), pyflowcore's "
-           "row the median over its passes. "
+           "peer's against pyflowcore's samples taken between its own, pyflowcore's row the "
+           "median of all its samples. "
            "compile = JAX `lower().compile()` or torch.compile's first call, not in the median. "
            "rel. err = max|peer - pyflowcore| / max|pyflowcore| over the outputs, "
            f"checked before timing (float64 <= {TOLERANCE['float64']:.0e}, "

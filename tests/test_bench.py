@@ -7,8 +7,6 @@ and the table lists every row; a peer timed in a worker process of its own
 gives the in-process results.
 """
 
-import statistics
-
 import numpy as np
 import pytest
 
@@ -141,33 +139,44 @@ def test_isolated_peer_matches_in_process_peer(rows, isolated_rows):
 
 
 @pytest.mark.parametrize("with_in_process_peer", [False, True])
-def test_isolated_peer_is_timed_between_two_passes(monkeypatch, with_in_process_peer):
-    # Every call of time_call returns the next number 1, 2, ... in the order
-    # the calls are made: per job, pyflowcore's own pass and the in-process
-    # peer's (only when there is one), then per job a pass of pyflowcore
-    # before the worker and one after it; the ratio must divide by the mean
-    # of those two.
-    calls = iter(range(1, 100))
-    monkeypatch.setattr(bench, "time_call", lambda fn, **timing: float(next(calls)))
+def test_isolated_peer_samples_alternate_with_pyflowcore(monkeypatch, with_in_process_peer):
+    # Every sample this process times returns the next number 1, 2, ... in
+    # the order they are taken: per job, pyflowcore's own pass and the
+    # in-process peer's (only when there is one), then per job the worker's
+    # samples, each followed by one of pyflowcore's; the ratio must divide
+    # by the median of those.
+    counter, events = iter(range(1, 1000)), []
+
+    def our_sample(fn, number):
+        events.append("ours")
+        return float(next(counter))
+
+    peer_sample = bench._WorkerProcess.sample
+
+    def logged_peer_sample(self):
+        events.append("peer")
+        return peer_sample(self)
+
+    monkeypatch.setattr(bench, "time_sample", our_sample)
+    monkeypatch.setattr(bench._WorkerProcess, "sample", logged_peer_sample)
     monkeypatch.setattr(bench, "WORKER_SETTLE_S", 0.0)
-    jobs = WORKLOADS[:2]
+    jobs, repeat = WORKLOADS[:2], 3
     backends = [bench.PyflowcoreBackend(), bench.Isolated("numpy")]
     if with_in_process_peer:
         backends.append(Perturbed(1e-13))  # agrees, so it is timed
-    rows = bench.compare(jobs, ["float64"], backends, **TIMING)
-    first_loop = 2 * len(jobs) if with_in_process_peer else 0
+    rows = bench.compare(jobs, ["float64"], backends, **{**TIMING, "repeat": repeat})
+    first_loop = 2 * repeat * len(jobs) if with_in_process_peer else 0
+    assert events[first_loop:] == ["peer", "ours"] * repeat * len(jobs)
     for j, w in enumerate(jobs):
         got = by_backend(rows, w, "float64")
-        before, after = first_loop + 2 * j + 1, first_loop + 2 * j + 2
-        assert got["numpy"].ref_s == (before + after) / 2
-        assert got["numpy"].ratio == pytest.approx(got["numpy"].median_s / got["numpy"].ref_s)
-        passes = [before, after]
+        between = first_loop + repeat * j + 2   # the middle of its 3 samples
+        assert got["numpy"].ref_s == between
+        assert got["numpy"].median_s > 0
+        assert got["numpy"].ratio == pytest.approx(got["numpy"].median_s / between)
+        assert got["pyflowcore"].median_s == between
         if with_in_process_peer:
-            first = 2 * j + 1
-            passes.append(first)
             peer = next(r for name, r in got.items() if name not in ("pyflowcore", "numpy"))
-            assert (peer.median_s, peer.ref_s) == (first + 1, first)
-        assert got["pyflowcore"].median_s == statistics.median(passes)
+            assert (peer.ref_s, peer.median_s) == (2 * repeat * j + 2, 2 * repeat * j + 5)
 
 
 def test_only_builtin_peers_are_isolated():
