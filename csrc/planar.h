@@ -40,14 +40,14 @@
  * slowest row of a 128-row block, which the block solve waits for.  Every
  * evaluation narrows the bracket by the sign of G; a step leaving the
  * bracket, or not halving the step before last (a slow, degenerate root:
- * c = -1 and s = 0 is a triple root), is replaced by bisection.  It stops once |G| is at the
- * level of its own rounding error (the result is backward stable: it solves
- * the equation for a Y perturbed by a few ulps, which is all the rounding of
- * x allows), at a step below a few ulps of s, a bracket of a few ulps, or
- * after PLANAR_MAX_ITER evaluations, and returns the last evaluated s, whose
- * t and hp are reused.  Where D is not small that is s to a few ulps.  A
- * non-finite Y skips the iteration, so a NaN/inf row gives NaN/inf in its
- * own outputs only.
+ * c = -1 and s = 0 is a triple root), is replaced by bisection.  It stops
+ * once |G| is at the level of its own rounding error (the result is
+ * backward stable: it solves the equation for a Y perturbed by a few ulps,
+ * which is all the rounding of x allows), at a step below a few ulps of s,
+ * a bracket of a few ulps, or after PLANAR_MAX_ITER evaluations, and
+ * returns the last evaluated s, whose t and hp are reused.  Where D is not
+ * small that is s to a few ulps.  A non-finite Y skips the iteration, so a
+ * NaN/inf row gives NaN/inf in its own outputs only.
  *
  * Gradients.  Per row the accumulator collects dL/duhat, dL/dw (uhat held
  * fixed) and dL/db, with c = w.uhat in D differentiated through both;

@@ -104,8 +104,8 @@ import numpy as np
 from pyflowcore import _peers
 
 __all__ = ["Workload", "Backend", "Skip", "Row", "Isolated", "default_workloads",
-           "find_workload", "default_backends", "isolated", "compare", "relative_error", "format_table",
-           "machine_limits", "main", "add_arguments", "run_args"]
+           "find_workload", "default_backends", "isolated", "compare", "relative_error",
+           "format_table", "machine_limits", "main", "add_arguments", "run_args"]
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 DIM = 16
@@ -565,7 +565,7 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
             table[j, reference.name] = Row(w, dtype, reference.name, "ok", None, 1.0,
                                            ref.compile_s, 0.0)
             if in_process or not workers:
-                # Timed here only for peers timed here; workers get passes of their own.
+                # Timed here only for peers timed here; workers get samples of their own.
                 ref_s = time_call(ref.run, **timing)
                 ref_passes[j].append(ref_s)
                 log(f"{w.key} {w.title} N={w.n} {dtype} {reference.name}: {_fmt_time(ref_s)}")
