@@ -59,9 +59,9 @@ Method
    its median by the median of pyflowcore's samples taken between its
    own, so both sides see the same phases; pyflowcore's own row shows the
    median of all its samples.  (Until stop 22 each peer's median was
-   bracketed by two of pyflowcore's; in run i of 2026-12-03 one of the two
-   fell in a slow phase, 2.06 ms against 1.07-1.15 ms for the others, and
-   W3's float32 ratio came out at 2.85x instead of ~3.9x.)  In-process
+   bracketed by two of pyflowcore's; in run i of 2026-12-03 they were
+   1.07 and 2.06 ms, the latter in a slow phase of the host, and W3's
+   float32 ratio came out at 2.85x instead of ~3.9x.)  In-process
    peers are timed right after a pass of pyflowcore of their own, their
    reference; without them that pass is not run.
 
