@@ -11,10 +11,10 @@ Usage (not collected by pytest)::
 Both builds are loaded side by side (two copies of the extension under the
 package's module name), the workload of ``pyflowcore.bench`` is built once on
 each, and their calls alternate, A then B and B then A by turns, for
-``--seconds``.  The per-pair
-ratio B/A is then insensitive to the slow drifts of a shared VM (10-30% over
-minutes on the project's machines), which swamp a few-percent change when
-the two builds are timed in separate processes one after the other.
+``--seconds``.  The per-pair ratio B/A is then insensitive to the slow
+drifts of a shared VM (10-30% over minutes on the project's machines),
+which swamp a few-percent change when the two builds are timed in separate
+processes one after the other.
 Prints the largest difference between the two builds' outputs, each build's
 median and 10th percentile, and the median and quartiles of B/A.
 """
