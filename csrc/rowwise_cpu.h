@@ -56,6 +56,7 @@
 #ifndef PFC_ROWWISE_CPU_H
 #define PFC_ROWWISE_CPU_H
 
+#include <cstdint>
 #include <cstdlib>
 #include <type_traits>
 
@@ -318,6 +319,13 @@ PFC_VM_TARGET_AVX512 inline void planar_act_block_avx512(const double* s, double
 }
 #endif
 
+/* Whether planar_act_block gives hp relatively accurate where it is tiny
+ * without being asked: all but the float AVX-512 copy do. */
+template <bool WIDE, typename T>
+constexpr bool planar_act_relative_hp() {
+    return !(PFC_VM_DISPATCH && WIDE && std::is_same<T, float>::value);
+}
+
 /* t = tanh(s), hp = 1 - t^2 for every row (s may be t).  WIDE: the AVX-512
  * copies above, except where the caller asks for RELATIVE_HP (the backward,
  * a lone layer's log_det: hp relatively accurate where it is tiny), which
@@ -325,7 +333,7 @@ PFC_VM_TARGET_AVX512 inline void planar_act_block_avx512(const double* s, double
 template <int R = BLOCK_ROWS, bool WIDE = false, bool RELATIVE_HP = false, typename T>
 PFC_VM_INLINE void planar_act_block(const T* s, T* t, T* hp) {
 #if PFC_VM_DISPATCH
-    if constexpr (WIDE && (std::is_same<T, double>::value || !RELATIVE_HP)) {
+    if constexpr (WIDE && (planar_act_relative_hp<WIDE, T>() || !RELATIVE_HP)) {
         planar_act_block_avx512<R>(s, t, hp);
         return;
     }
@@ -1197,22 +1205,23 @@ PFC_HOSTDEVICE PFC_INLINE int chain_block_scratch_size(int dim) {
     return (dim + 16) * BLOCK_ROWS + dim;
 }
 
-/* At least nbytes of 64-byte aligned scratch owned by the calling thread,
- * or NULL, for the block kernels run on the calling thread (batches below
- * the parallel threshold): an aligned_alloc and free per call cost a 64-row
- * lone layer 2-4% of its time.  Grown as needed, released when the thread
- * exits.  A kernel never calls back into Python or into another kernel, so
- * a thread's buffer is never in use twice at once. */
-inline void* thread_scratch(size_t nbytes) {
+/* At least nbytes of scratch aligned to `align` (a power of two: the
+ * callers' SCRATCH_ALIGN) owned by the calling thread, or NULL, for the
+ * block kernels run on the calling thread (batches below the parallel
+ * threshold): an aligned_alloc and free per call cost a 64-row lone layer
+ * 2-4% of its time.  Grown as needed, released when the thread exits.  A
+ * kernel never calls back into Python or into another kernel, so a
+ * thread's buffer is never in use twice at once. */
+inline void* thread_scratch(size_t align, size_t nbytes) {
     struct Buffer {
         void* data = nullptr;
         size_t size = 0;
         ~Buffer() { std::free(data); }
     };
     thread_local Buffer buffer;
-    if (nbytes > buffer.size) {
-        const size_t size = (nbytes + 63) / 64 * 64;
-        void* data = std::aligned_alloc(64, size);
+    if (nbytes > buffer.size || reinterpret_cast<std::uintptr_t>(buffer.data) % align != 0) {
+        const size_t size = (nbytes + align - 1) / align * align;
+        void* data = std::aligned_alloc(align, size);
         if (data == nullptr) return nullptr;
         std::free(buffer.data);
         buffer.data = data;
@@ -1643,13 +1652,8 @@ PFC_VM_INLINE void planar_solve_block(const T* work, int dim, const T* Y, T* t, 
         }
         if (running == 0) break;
     }
-    if constexpr (RELATIVE_HP && WIDE && std::is_same<T, float>::value) {
-        PFC_VM_PRAGMA_SIMD
-        for (int r = 0; r < R; ++r) {
-            T tr, hr;
-            vm::tanh_sech2(s[r], tr, hr);
-            hp[r] = hr;
-        }
+    if constexpr (RELATIVE_HP && !planar_act_relative_hp<WIDE, T>()) {
+        planar_act_block<R, WIDE, true>(s, dx, hp);   /* t kept; dx is free now */
     }
     /* The sign of Y back on t, as a select: a branch on it mispredicts
      * half the time (a sixth of W6's time). */

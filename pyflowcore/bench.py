@@ -588,24 +588,13 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
                     for b, proc in zip(workers, procs):
                         row = proc.prepare(j)
                         if row["status"] == "ok":
-                            peer, ours = [], []
-                            for _ in range(max(1, repeat)):
-                                peer.append(proc.sample())
-                                time.sleep(WORKER_SETTLE_S)
-                                ours.append(time_sample(ref_runs[j], ref_number))
-                            if None in peer:   # the worker died while sampling
-                                row = {"status": "failed", "note": proc.error}
-                            else:
-                                row["median_s"] = statistics.median(peer)
-                                row["ref_s"] = statistics.median(ours)
-                                ref_samples += ours
-                                log(f"  {w.key} N={w.n} {dtype} {b.name}: "
-                                    f"{_fmt_time(row['median_s'])}, {reference.name} "
-                                    f"between its samples {_fmt_time(row['ref_s'])}")
-                        else:
-                            log(f"  {w.key} N={w.n} {dtype} {b.name}: {row['status']}: "
-                                f"{row.get('note', '')}")
+                            row, ours = _interleave(proc, row, ref_runs[j], ref_number, repeat)
+                            ref_samples += ours
                         table[j, b.name] = Row(w, dtype, b.name, **row)
+                        log(f"  {w.key} N={w.n} {dtype} {b.name}: " + (
+                            f"{_fmt_time(row['median_s'])}, {reference.name} between its "
+                            f"samples {_fmt_time(row['ref_s'])}" if row["status"] == "ok"
+                            else f"{row['status']}: {row.get('note', '')}"))
                     if ref_samples:
                         ref_passes[j] = ref_samples
                     elif not ref_passes[j]:   # no peer was timed: time it alone
@@ -624,6 +613,23 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
                 row.ratio = row.median_s / row.ref_s
             rows.append(row)
     return rows
+
+
+def _interleave(proc, row, ref_run, ref_number, repeat):
+    """A prepared worker's samples alternating with the reference's (Method,
+    5): ``repeat`` times a sample of the peer, ``WORKER_SETTLE_S`` of rest, a
+    sample of ``ref_run``.  Returns the peer's row fields with ``median_s``
+    and ``ref_s``, or failed if the worker died, and the reference's samples
+    (none then)."""
+    peer, ours = [], []
+    for _ in range(max(1, repeat)):
+        t = proc.sample()
+        if t is None:
+            return {"status": "failed", "note": proc.error}, []
+        peer.append(t)
+        time.sleep(WORKER_SETTLE_S)
+        ours.append(time_sample(ref_run, ref_number))
+    return {**row, "median_s": statistics.median(peer), "ref_s": statistics.median(ours)}, ours
 
 
 def _check_peer(backend, problem, ref_results, missing, tol, ref_name, log):
@@ -802,9 +808,10 @@ class _WorkerProcess:
 
 
 def _worker(name, job_file, verbose=False):
-    """The worker process (see ``_WorkerProcess``): time the built-in peer
-    ``name`` on the jobs of ``job_file`` whose indices arrive on standard
-    input, one JSON line of Row fields per job on standard output."""
+    """The worker process (see ``_WorkerProcess``): the built-in peer
+    ``name`` on the jobs of ``job_file``.  Each ``job J`` line on standard
+    input prepares job J and answers its Row fields, each ``sample`` line
+    times one sample of it; the answers are JSON lines on standard output."""
     # The answers keep the original standard output to themselves; whatever
     # the peers' libraries print goes to standard error instead.
     answers = os.fdopen(os.dup(1), "w", encoding="utf-8")

@@ -72,7 +72,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from pyflowcore._kernels._parallel cimport (
-    MIN_ROWS_PARALLEL, chunk_start, num_chunks, scratch_alloc)
+    MIN_ROWS_PARALLEL, SCRATCH_ALIGN, chunk_start, num_chunks, scratch_alloc)
 
 cimport numpy as cnp
 
@@ -109,7 +109,7 @@ cdef extern from "rowwise_cpu.h" namespace "pfc::cpu" nogil:
     enum:
         BLOCK_ROWS
     int chain_block_scratch_size(int dim)
-    void* thread_scratch(size_t nbytes)
+    void* thread_scratch(size_t align, size_t nbytes)
     long long chain_backward_scratch_size(int K, int dim)
     void chain_forward_block[T](int level, const int* kinds, const T* work,
                                 const long long* work_offsets, int K, int dim,
@@ -443,7 +443,7 @@ cdef class RowwiseRun:
         cdef long long scratch_size = chain_block_scratch_size(self.dim)
         cdef floating* scratch = NULL
         if n < MIN_ROWS_PARALLEL:
-            scratch = <floating*>thread_scratch(scratch_size * sizeof(floating))
+            scratch = <floating*>thread_scratch(SCRATCH_ALIGN, scratch_size * sizeof(floating))
             if scratch == NULL:
                 return 1
             for blk in range(num_blocks):
