@@ -272,6 +272,42 @@ def test_out_arrays_may_overlap_the_inputs(case, dim, dtype, n):
         np.testing.assert_array_equal(res[1], expected[1])
 
 
+@pytest.mark.parametrize("case,dim,dtype", case_params())
+def test_out_arrays_may_be_the_flows_own_parameters(case, dim, dtype):
+    # The kernels read the parameters while they write their outputs (a
+    # planar VJP reads w while it sums dL/dw): an out= array that is the
+    # parameter vector, or a view into it, gets the results without out=.
+    flow, z = build(case, dim, dtype)
+    z = z[:1].astype(flow.dtype)
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal(z.shape).astype(flow.dtype)
+    h = rng.standard_normal(1).astype(flow.dtype)
+    theta = flow.params.copy()
+    x = flow.forward(z)[0]
+    calls = {
+        "forward": lambda out: flow.forward(z[0], out=out),
+        "inverse": lambda out: flow.inverse(x[0], out=out),
+        "backward": lambda out: flow.backward(z, g, h, out=out),
+        "inverse_backward": lambda out: flow.inverse_backward(x, g, h, out=out),
+        "quadratic_loss_and_grad": lambda out: flow.quadratic_loss_and_grad(z, 0.5, 0.3,
+                                                                           out=out)[1:],
+    }
+    for method, call in calls.items():
+        flow.set_params(theta)
+        expected = [a.copy() for a in call(None)]
+        outs = [np.empty_like(a) for a in expected]
+        for k in range(2):
+            if outs[k].size > flow.num_params:
+                continue
+            flow.set_params(theta)
+            out = list(outs)
+            out[k] = flow.params[:outs[k].size].reshape(outs[k].shape)
+            res = call(tuple(out))
+            assert res[k] is out[k], method
+            for a, b in zip(res, expected):
+                np.testing.assert_array_equal(a, b, err_msg=f"{method}, out[{k}] the parameters")
+
+
 @pytest.mark.parametrize("case,dim,dtype", case_params(["float64"]))
 def test_non_finite_row_only_affects_itself(case, dim, dtype):
     flow, z = build(case, dim, dtype)
