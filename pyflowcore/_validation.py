@@ -151,8 +151,8 @@ def check_out(out, shapes, dtype, device="cpu"):
     """Validate the ``out=`` tuple of preallocated result arrays.
 
     Each array must be a NumPy array (a CuPy array on ``"cuda"``) of
-    ``dtype``, C-contiguous, writable and of the expected shape; the tuple is
-    returned.  ``None`` allocates fresh arrays.
+    ``dtype``, C-contiguous, writable and of the expected shape, and no two
+    may overlap; the tuple is returned.  ``None`` allocates fresh arrays.
     """
     xp = np if device == "cpu" else array_module(device)
     if out is None:
@@ -170,6 +170,12 @@ def check_out(out, shapes, dtype, device="cpu"):
         # CuPy arrays have no read-only flag.
         if not (arr.flags.c_contiguous and getattr(arr.flags, "writeable", True)):
             raise ValueError(f"out[{k}] must be C-contiguous and writable")
+    # Two results cannot both hold their values in shared memory.  The arrays
+    # are C-contiguous, so overlapping bounds are shared memory.
+    for j in range(len(out)):
+        for k in range(j + 1, len(out)):
+            if xp.may_share_memory(out[j], out[k]):
+                raise ValueError(f"out[{j}] and out[{k}] must not overlap")
     return out
 
 

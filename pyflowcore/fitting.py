@@ -154,7 +154,15 @@ def _check_data(data, name, flow):
         kind = "NaN" if np.isnan(arr).any() else "inf"
         raise ValueError(f"{name} must be finite; found {kind} values in {int(bad.any(axis=1).sum())} "
                          f"row(s), the first in row {row}")
-    return np.ascontiguousarray(arr, dtype=flow.dtype)
+    # Finite data can still overflow the flow's dtype (1e300 in float32).
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(arr, dtype=flow.dtype)
+    bad = ~np.isfinite(converted).all(axis=1)
+    if bad.any():
+        row = int(np.nonzero(bad)[0][0])
+        raise ValueError(f"{name} must be finite in {flow.dtype}; {int(bad.sum())} row(s) overflow "
+                         f"it, the first row {row}")
+    return converted
 
 
 def _check_positive_float(value, name, allow_none=False):
@@ -593,8 +601,9 @@ def _call_log_density(log_density, x, dim):
         if "unpack" in str(exc):
             raise TypeError("log_density(x) must return a pair (values, gradients)") from None
         raise
-    values = np.asarray(values, dtype=np.float64)
-    grads = np.asarray(grads)
+    values = np.asarray(as_real_array(values, "log_density(x)'s values", np.float64),
+                        dtype=np.float64)
+    grads = as_real_array(grads, "log_density(x)'s gradients", x.dtype)
     n = x.shape[0]
     if values.shape != (n,):
         raise ValueError(f"log_density(x) must return values of shape ({n},) for x of shape "

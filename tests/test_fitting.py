@@ -269,6 +269,13 @@ def test_bad_data(bad, exc, match):
         pf.fit(affine_chain(), bad)
 
 
+def test_data_overflowing_the_flows_dtype():
+    x = np.zeros((5, 2))
+    x[3, 0] = 1e300
+    with pytest.raises(ValueError, match="float32.*row 3"):
+        pf.fit(pf.Chain([pf.Shift(2, dtype="float32")]), x)
+
+
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(method="sgd"), ValueError, "adam.*lbfgs"),
     (dict(steps=0), ValueError, "steps"),
@@ -368,6 +375,9 @@ def test_variational_nonfinite_target_stops_and_keeps_finite_params():
     (lambda x: x[:, 0], "pair"),
     (lambda x: (x[:, 0], x[:, :1]), r"gradients of shape \(8, 2\)"),
     (lambda x: (x, x), r"values of shape \(8,\)"),
+    (lambda x: (np.zeros(len(x)), np.full(x.shape, 1j)), "gradients.*real"),
+    (lambda x: (np.zeros(len(x), dtype=complex), x), "values.*real"),
+    (lambda x: (np.zeros(len(x)), np.full(x.shape, "a")), "gradients.*real"),
 ])
 def test_bad_log_density(target, match):
     with pytest.raises((TypeError, ValueError), match=match):

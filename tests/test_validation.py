@@ -18,11 +18,34 @@ def test_bad_dtype(dtype):
         pf.Shift(2, dtype=dtype)
 
 
+@pytest.mark.parametrize("cls", [pf.Shift, pf.ElementwiseScale, pf.Planar, pf.Radial, pf.RealNVP])
 @pytest.mark.parametrize("dim, exc", [(0, ValueError), (-1, ValueError), (2.5, TypeError),
-                                      (True, TypeError), ("3", TypeError)])
-def test_bad_dim(dim, exc):
+                                      (True, TypeError), ("3", TypeError), (None, TypeError),
+                                      ([3], TypeError)])
+def test_bad_dim(cls, dim, exc):
     with pytest.raises(exc, match="dim"):
-        pf.Shift(dim)
+        cls(dim)
+
+
+@pytest.mark.parametrize("make", [lambda rng: pf.Shift(2, rng=rng),
+                                  lambda rng: pf.ElementwiseScale(2, rng=rng),
+                                  lambda rng: pf.CholeskyProduct(2, rng=rng),
+                                  lambda rng: pf.Planar(2, rng=rng)])
+@pytest.mark.parametrize("rng", ["abc", object(), np.random.RandomState(0)])
+def test_bad_rng(make, rng):
+    with pytest.raises(TypeError, match="rng"):
+        make(rng)
+
+
+def test_base_log_prob_checks_its_points():
+    flow = pf.Planar(3)
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        flow.base_log_prob(np.ones(5))
+    with pytest.raises(TypeError, match="real"):
+        flow.base_log_prob(np.ones(3, dtype=complex))
+    assert flow.base_log_prob(np.zeros(3)).shape == ()
+    np.testing.assert_allclose(flow.base_log_prob([[1.0, 2.0, 2.0]]),
+                               [-4.5 - 1.5 * np.log(2 * np.pi)])
 
 
 def test_int_and_bool_inputs_are_converted():
@@ -47,6 +70,25 @@ def test_sample_arguments():
     gen = np.random.default_rng(0)
     assert flow.sample(3, rng=gen).shape == (3, 2)
     np.testing.assert_array_equal(flow.sample(4, rng=7), flow.sample(4, rng=7))
+
+
+@pytest.mark.parametrize("flow", [pf.Planar(3, rng=0), pf.Chain([pf.Planar(3, rng=0), pf.Shift(3)]),
+                                  pf.RealNVP(3, rng=0)], ids=["planar", "chain", "realnvp"])
+def test_out_arrays_must_not_overlap_each_other(flow):
+    # Two results cannot both hold their values in shared memory; the fast
+    # path of row-wise flows hands such arrays to the generic path, which
+    # refuses them.
+    z = np.random.default_rng(0).standard_normal((4, 3))
+    buf = np.zeros(12 + flow.num_params)
+    with pytest.raises(ValueError, match="overlap"):
+        flow.forward(z, out=(buf[:12].reshape(4, 3), buf[:4]))
+    with pytest.raises(ValueError, match="overlap"):
+        flow.inverse(z, out=(buf[:12].reshape(4, 3), buf[8:12]))
+    with pytest.raises(ValueError, match="overlap"):
+        flow.backward(z, np.ones((4, 3)), 1.0, out=(buf[:12].reshape(4, 3),
+                                                    buf[11:11 + flow.num_params]))
+    with pytest.raises(ValueError, match="overlap"):
+        flow.forward(z[0], out=(buf[:3], buf[2:3].reshape(())))
 
 
 def test_out_must_be_a_tuple_of_arrays():

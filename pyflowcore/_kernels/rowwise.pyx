@@ -359,8 +359,10 @@ cdef class RowwiseRun:
             out, log_det = _result_array(results[0], a, nd), _result_array(results[1], a, nd - 1)
             # out may be the input itself (the kernels read a row, or a
             # block, before writing it); other overlaps take the generic
-            # path, which copies the input.
+            # path, which copies the input (or rejects outputs overlapping
+            # each other).
             if (out is None or log_det is None or _overlap(log_det, a)
+                    or _overlap(out, log_det)
                     or (_overlap(out, a) and cnp.PyArray_DATA(out) != cnp.PyArray_DATA(a))):
                 return None
         if work_size > STACK_WORK:

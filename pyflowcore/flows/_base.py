@@ -279,12 +279,20 @@ class Flow:
 
     # -- the distribution ---------------------------------------------------
     def base_log_prob(self, z):
-        """Standard-normal log-density ``-||z||^2/2 - dim/2 log(2 pi)`` of base points."""
-        if self.device == "cpu":
-            xp, z = np, np.asarray(z)
-        else:
-            xp, z = array_module(self.device), as_real_array(z, "z", self.dtype, self.device)
-        return -0.5 * xp.einsum("...i,...i->...", z, z) - self.dim * self.dtype.type(_HALF_LOG_2PI)
+        """Standard-normal log-density ``-||z||^2/2 - dim/2 log(2 pi)`` of base points.
+
+        Parameters
+        ----------
+        z : array_like of shape (N, dim) or (dim,)
+
+        Returns
+        -------
+        ndarray of shape (N,) or ()
+        """
+        z, single = as_points(z, "z", self.dim, self.dtype, self.device)
+        xp = np if self.device == "cpu" else array_module(self.device)
+        log_p = -0.5 * xp.einsum("ij,ij->i", z, z) - self.dim * self.dtype.type(_HALF_LOG_2PI)
+        return log_p.reshape(()) if single else log_p
 
     def log_prob(self, x):
         """Log-density of ``x`` when ``z ~ N(0, I_dim)`` and ``x = f(z)``.

@@ -1,9 +1,12 @@
 """Composition of flows."""
 
+import copy
+
 import numpy as np
 
 from pyflowcore.flows._base import Flow, quadratic_vjp
 from pyflowcore.flows._rowwise import RunKernels, layer_kind
+from pyflowcore.flows.cholesky import CholeskyProduct
 
 
 def _flatten(flows):
@@ -33,19 +36,29 @@ class Chain(Flow):
     The chain owns one parameter vector, the layers' vectors concatenated in
     layer order.  On construction every layer's ``params`` is rebound to a
     view into it, so an optimiser sees one vector and updates reach every
-    layer.  A layer therefore belongs to the chain built last from it, and
-    may appear only once in a chain.
+    layer.  A layer's ``params`` therefore views the vector of the chain
+    built last from it; an earlier chain keeps computing with its own
+    vector.  A layer may appear only once in a chain, and a
+    ``CholeskyProduct`` only last.
     """
 
     def __init__(self, flows):
         if isinstance(flows, Flow):
             raise TypeError("Chain expects a sequence of flows, e.g. Chain([f1, f2])")
+        try:
+            flows = list(flows)    # an iterator is read once
+        except TypeError:
+            raise TypeError(f"Chain expects a sequence of flows, got {type(flows).__name__}") from None
         nested = [f for f in flows if isinstance(f, Chain)]
         layers = list(_flatten(flows))
         if not layers:
             raise ValueError("Chain needs at least one flow")
         if len({id(f) for f in layers}) != len(layers):
             raise ValueError("a flow may appear only once in a Chain (its parameters would be shared)")
+        if any(isinstance(f, CholeskyProduct) for f in layers[:-1]):
+            # Its image is the cone of positive-definite matrices, not R^dim:
+            # no later layer's output could be mapped back through it.
+            raise ValueError("a CholeskyProduct can only be the last layer of a Chain")
         first = layers[0]
         for f in layers:
             if f.dim != first.dim or f.dtype != first.dtype:
@@ -90,17 +103,20 @@ class Chain(Flow):
         units = []
         for kind, ks in unit_groups(self.layers):
             lo, hi = self._slices[ks[0]].start, self._slices[ks[-1]].stop
-            if kind == "run" and len(ks) > 1:
+            # Every unit reads the chain's own vector, not the layers' views
+            # of it, which a later chain built from the same layers rebinds
+            # to its vector: this chain then still computes with its own.
+            if kind == "run":
                 unit = RunKernels([self.layers[k] for k in ks], self._params[lo:hi])
             else:
-                unit = self.layers[ks[0]]
+                unit = copy.copy(self.layers[ks[0]])
+                unit._params = self._params[lo:hi]
             units.append((unit, slice(lo, hi)))
         self._units = Units(units)
         # A chain of row-wise layers only is one run: its fast paths are the
         # run's, on the chain's whole parameter vector.
         only = units[0][0] if len(units) == 1 else None
-        run = (only.run if isinstance(only, RunKernels)
-               else only._k.run if layer_kind(only) is not None else None)
+        run = only.run if isinstance(only, RunKernels) else None
         self._forward_fast = run.forward_fast if run is not None else None
         self._inverse_fast = run.inverse_fast if run is not None else None
 

@@ -4,7 +4,7 @@ converters between packed lower triangles and square matrices."""
 import numpy as np
 
 from pyflowcore._kernels import cholesky as _k
-from pyflowcore._validation import as_real_array, check_positive_int
+from pyflowcore._validation import as_real_array, check_positive_int, check_rng
 from pyflowcore.flows._base import Flow
 
 __all__ = ["CholeskyProduct", "tril_to_matrix", "matrix_to_tril"]
@@ -74,6 +74,7 @@ class CholeskyProduct(Flow):
 
     def __init__(self, n, *, dtype="float64", rng=None):
         self.n = check_positive_int(n, "n")
+        check_rng(rng)    # accepted for a uniform signature; there are no parameters
         super().__init__(_tril_size(self.n), 0, dtype)
 
     def _config(self):

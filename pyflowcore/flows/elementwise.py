@@ -1,5 +1,6 @@
 """Elementwise flows: ``ElementwiseScale`` and ``Shift``."""
 
+from pyflowcore._validation import check_rng
 from pyflowcore.flows._rowwise import RowwiseFlow
 
 
@@ -26,6 +27,7 @@ class ElementwiseScale(RowwiseFlow):
     _row_kind = "scale"
 
     def __init__(self, dim, *, dtype="float64", rng=None):
+        check_rng(rng)    # accepted for a uniform signature; the start is fixed
         super().__init__(dim, dim, dtype)
         self._params[:] = 1
 
@@ -51,6 +53,7 @@ class Shift(RowwiseFlow):
     _row_kind = "shift"
 
     def __init__(self, dim, *, dtype="float64", rng=None):
+        check_rng(rng)
         super().__init__(dim, dim, dtype)
 
     def _config(self):

@@ -58,6 +58,39 @@ def test_rejects_inconsistent_layers(layers, match):
         pf.Chain(layers)
 
 
+def test_cholesky_product_only_last():
+    with pytest.raises(ValueError, match="last"):
+        pf.Chain([pf.CholeskyProduct(2), pf.Planar(3)])
+    assert len(pf.Chain([pf.Planar(3), pf.CholeskyProduct(2)])) == 2
+
+
+def test_accepts_an_iterator_of_flows():
+    chain = pf.Chain(pf.Planar(2, rng=k) for k in range(3))
+    assert len(chain) == 3 and chain.num_params == 15
+
+
+@pytest.mark.parametrize("make", [lambda: pf.Planar(2, rng=0), lambda: pf.RealNVP(2, rng=0),
+                                  lambda: pf.Radial(2, rng=0)], ids=["planar", "realnvp", "radial"])
+def test_an_earlier_chain_keeps_its_own_parameters(make):
+    # A later chain built from the same layer rebinds the layer's params to
+    # its vector; the earlier chain still computes with its own, whatever
+    # kind of unit runs the layer.
+    a = make()
+    first = pf.Chain([a, pf.Shift(2)])
+    twin = pf.Chain([make(), pf.Shift(2)])
+    pf.Chain([a, pf.ElementwiseScale(2)])
+    rng = np.random.default_rng(0)
+    theta = rng.uniform(-0.5, 0.5, first.num_params)
+    first.set_params(theta)
+    twin.set_params(theta)
+    z = rng.standard_normal((5, 2))
+    for method in ("forward", "inverse"):
+        for a_, b_ in zip(getattr(first, method)(z), getattr(twin, method)(z)):
+            np.testing.assert_array_equal(a_, b_)
+    for a_, b_ in zip(first.backward(z, z, 1.0), twin.backward(z, z, 1.0)):
+        np.testing.assert_array_equal(a_, b_)
+
+
 def test_rejects_non_flows_and_repeated_layers():
     with pytest.raises(TypeError, match="Flow"):
         pf.Chain([pf.Shift(2), "shift"])
