@@ -22,11 +22,13 @@ base point ``z`` (so the last layer acts on the data side)::
 
 Names: ``planar``, ``radial``, ``scale`` (``ElementwiseScale``), ``shift``
 (no arguments) and ``realnvp`` with ``masks`` (even, >= 2), ``layers`` and
-``units``.  Examples: ``"realnvp(masks=4,layers=2,units=64)+scale+shift"``,
+``units``.  ``COUNT`` and ``INT`` are written in ASCII digits, and a spec
+builds at most ``MAX_LAYERS`` (10,000) layers in all, so ``COUNT`` is 1 to
+10,000.  Examples: ``"realnvp(masks=4,layers=2,units=64)+scale+shift"``,
 ``"planar*8+shift"``.  ``build_flow(spec, dim)`` does the same from Python.
 
-User errors (a missing file, bad data, a malformed spec) print one line on
-stderr and exit with status 2; no traceback.
+User errors (a missing file, bad data, a malformed spec, a request too large
+for memory) print one line on stderr and exit with status 2; no traceback.
 """
 
 import argparse
@@ -51,8 +53,14 @@ _LAYERS = {
 }
 _TERM = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*(?:\*\s*(\S+))?$", re.S)
 _ARG = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\S+)$")
+# ASCII digits only: str.isdigit() also accepts '²' (which int() refuses) and
+# other scripts' digits such as '٣' (which int() reads as 3).
+_DIGITS = re.compile(r"[0-9]+")
+# Layers one spec may build.  Each layer is a Python object with its own
+# parameters, so "planar*100000000" would run for minutes before failing.
+MAX_LAYERS = 10_000
 DEFAULT_SPEC = "realnvp(masks=4,layers=1,units=32)+scale+shift"
-SPEC_HELP = """\
+SPEC_HELP = f"""\
 flow specs name the layers of a chain in the order they are applied to the
 base point z (the last layer acts on the data side):
 
@@ -62,6 +70,8 @@ base point z (the last layer acts on the data side):
 
   NAME is planar, radial, scale, shift (no arguments) or
   realnvp (masks: even, >= 2, default 2; layers: default 1; units: default 32)
+  COUNT and INT are ASCII digits; a spec has at most {MAX_LAYERS} layers in all
+  (so COUNT is 1 to {MAX_LAYERS})
 
 examples:
   realnvp(masks=4,layers=2,units=64)+scale+shift
@@ -80,8 +90,8 @@ def parse_flow_spec(spec):
     Raises
     ------
     ValueError
-        For a malformed spec, an unknown name or argument; the message names
-        the offending part.
+        For a malformed spec, an unknown name or argument, or more than
+        ``MAX_LAYERS`` layers; the message names the offending part.
     """
     if not isinstance(spec, str):
         raise TypeError(f"a flow spec must be a string, got {type(spec).__name__}")
@@ -115,16 +125,28 @@ def parse_flow_spec(spec):
                 if keys[key] in kwargs:
                     raise ValueError(f"argument {key!r} given twice for {name} in flow spec "
                                      f"{spec!r}")
-                if not value.isdigit():
+                if not _DIGITS.fullmatch(value):
                     raise ValueError(f"argument {key}={value} of {name} in flow spec {spec!r} "
                                      "must be a non-negative integer")
-                kwargs[keys[key]] = int(value)
+                try:
+                    kwargs[keys[key]] = int(value)
+                except ValueError:   # beyond Python's limit on digits converted
+                    raise ValueError(f"argument {key} of {name} in flow spec is too large "
+                                     f"({len(value)} digits)") from None
         repeat = 1
         if count is not None:
-            if not count.isdigit() or int(count) < 1:
+            digits = count.lstrip("0")
+            if not _DIGITS.fullmatch(count) or not digits:
                 raise ValueError(f"repeat count {count!r} of {name} in flow spec {spec!r} "
                                  "must be an integer >= 1")
+            # Compared as text first: a count of thousands of digits is not converted.
+            if len(digits) > len(str(MAX_LAYERS)) or int(digits) > MAX_LAYERS:
+                raise ValueError(f"repeat count {count} of {name} in flow spec {spec!r} is too "
+                                 f"large: a spec builds at most {MAX_LAYERS} layers")
             repeat = int(count)
+        if len(layers) + repeat > MAX_LAYERS:
+            raise ValueError(f"flow spec {spec!r} builds more than {MAX_LAYERS} layers, the "
+                             "most allowed")
         layers.extend((name, dict(kwargs)) for _ in range(repeat))
     return layers
 
@@ -308,7 +330,11 @@ def cmd_fit(args):
 
 def cmd_sample(args):
     flow = load_model(args.model)
-    x = flow.sample(args.n, rng=args.seed)
+    try:
+        x = flow.sample(args.n, rng=args.seed)
+    except (ValueError, OverflowError) as exc:
+        # NumPy's "Maximum allowed dimension exceeded" for an -n past any array.
+        raise UserError(f"cannot draw -n {args.n} samples of dim {flow.dim}: {exc}") from None
     write_array(x, args.out)
     if args.out is not None:
         _say(f"wrote {args.n} samples of dim {flow.dim} to {args.out}")
@@ -344,8 +370,11 @@ def cmd_demo(args):
     import pyflowcore
     from pyflowcore import datasets, flows
     rng = np.random.default_rng(args.seed)
-    train = datasets.two_moons(args.n, rng=rng)
-    test = datasets.two_moons(args.n, rng=rng)
+    try:
+        train = datasets.two_moons(args.n, rng=rng)
+        test = datasets.two_moons(args.n, rng=rng)
+    except ValueError as exc:   # an --n too large for any array
+        raise UserError(f"--n {args.n}: {exc}") from None
     if hasattr(flows, "RealNVP"):
         spec = "realnvp(masks=6,layers=1,units=32)+scale+shift"
     elif hasattr(flows, "Planar"):
@@ -409,7 +438,11 @@ def _demo_plot(flow, train, path, seed, flow_ll, gauss_ll):
 # -- argument parsing -------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors raise instead of exiting, so that
-    ``main`` can return the status."""
+    ``main`` can return the status, and are reported in one line (argparse
+    would print the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
     def exit(self, status=0, message=None):
         if message:
@@ -424,6 +457,11 @@ class _Exit(Exception):
 
 
 def _int_at_least(minimum):
+    """An argparse type: an int >= minimum (argparse names the option in its error).
+
+    Seeds use it too: NumPy refuses a negative seed only when drawing, with a
+    message that does not say which argument was wrong.
+    """
     def parse(text):
         try:
             value = int(text)
@@ -478,7 +516,8 @@ def make_parser():
     p.add_argument("--steps", type=_int_at_least(1), default=2500,
                    help="Adam steps (default %(default)s)")
     p.add_argument("--lr", type=_positive_float, default=5e-3, help="learning rate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0,
+                   help="data, initialisation and batch order (default %(default)s)")
     _add_progress(p)
     p.set_defaults(run=cmd_demo)
 
@@ -499,7 +538,8 @@ def make_parser():
                    help="with --validation-split: stop after this many evaluations without "
                         "improvement")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    p.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    p.add_argument("--seed", type=_int_at_least(0), default=0,
+                   help="initialisation and batch order, an integer >= 0 (default %(default)s)")
     _add_progress(p)
     p.set_defaults(run=cmd_fit)
 
@@ -508,7 +548,8 @@ def make_parser():
     p.add_argument("-n", type=_int_at_least(0), required=True, help="number of samples")
     p.add_argument("--out", default=None, metavar="FILE",
                    help=".npy or .csv (default: CSV on stdout)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_int_at_least(0), default=None,
+                   help="an integer >= 0 (default: a fresh random seed)")
     p.set_defaults(run=cmd_sample)
 
     p = sub.add_parser("log-prob", help="log-density of points under a saved model")
@@ -536,6 +577,12 @@ def main(argv=None):
         return args.run(args)
     except UserError as exc:
         print(f"pyflowcore {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        # A huge -n, --n or flow: NumPy's message says how much it tried to allocate.
+        detail = f": {exc}" if str(exc) else ""
+        print(f"pyflowcore {args.command}: error: ran out of memory{detail}; ask for fewer "
+              "points or a smaller flow", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pyflowcore {args.command}: interrupted", file=sys.stderr)

@@ -23,13 +23,17 @@ respect to the row):
 
 Both are normalised, so ``log Z = 0`` and the ELBO of a variational fit is
 ``-KL(q || p)``.  Pass other shape parameters with ``functools.partial``.
+
+Every function checks its arguments: a parameter of the wrong type raises
+``TypeError``, a bad value (NaN, infinite, out of range, an ``n`` too large
+for any array) ``ValueError``; each message names the parameter.
 """
 
 import math
 
 import numpy as np
 
-from pyflowcore._validation import as_real_array, check_positive_int, check_rng
+from pyflowcore._validation import as_real_array, check_finite_float, check_positive_int, check_rng
 
 __all__ = ["two_moons", "rings", "banana", "gaussian_mixture",
            "banana_log_density", "gaussian_mixture_log_density"]
@@ -37,18 +41,51 @@ __all__ = ["two_moons", "rings", "banana", "gaussian_mixture",
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+def _check_float(value, name):
+    """``value`` as a finite float; a 0-d real array counts as a number.
+
+    ``float(value)`` alone would let NaN through and, for a string, raise a
+    ValueError that does not name the parameter.
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value[()]
+    return check_finite_float(value, name)
+
+
 def _check_noise(noise, name="noise"):
-    noise = float(noise)
-    if not (noise >= 0.0 and math.isfinite(noise)):
+    noise = _check_float(noise, name)
+    if not noise >= 0.0:
         raise ValueError(f"{name} must be a finite number >= 0, got {noise}")
     return noise
 
 
 def _check_scale(value, name):
-    value = float(value)
-    if not (value > 0.0 and math.isfinite(value)):
+    value = _check_float(value, name)
+    if not value > 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return value
+
+
+def _check_n(n, dim=2):
+    """``n`` as an int >= 0 for which an ``(n, dim)`` float64 array can exist.
+
+    Beyond the largest array size NumPy would fail with "Python int too
+    large to convert to C long" or "Maximum allowed dimension exceeded";
+    below it, an array too large for memory raises NumPy's MemoryError, which
+    says how much it tried to allocate.
+    """
+    n = check_positive_int(n, "n", minimum=0)
+    limit = np.iinfo(np.intp).max // (8 * max(dim, 1))
+    if n > limit:
+        raise ValueError(f"n={n} is too large: ({n}, {dim}) float64 values exceed the largest "
+                         f"array NumPy can make here (n <= {limit})")
+    return n
+
+
+def _real_array(value, name):
+    """``value`` as a float64 array; the error names ``name`` (TypeError for
+    non-numbers such as strings, ValueError for ragged nesting)."""
+    return np.asarray(as_real_array(value, name, "float64"), dtype=np.float64)
 
 
 def two_moons(n, rng=None, noise=0.1):
@@ -71,7 +108,7 @@ def two_moons(n, rng=None, noise=0.1):
     -------
     ndarray of shape (n, 2), float64
     """
-    n = check_positive_int(n, "n", minimum=0)
+    n = _check_n(n)
     noise = _check_noise(noise)
     rng = check_rng(rng)
     n_upper = (n + 1) // 2
@@ -104,9 +141,9 @@ def rings(n, rng=None, noise=0.08, radii=(1.0, 2.0)):
     -------
     ndarray of shape (n, 2), float64
     """
-    n = check_positive_int(n, "n", minimum=0)
+    n = _check_n(n)
     noise = _check_noise(noise)
-    radii = np.asarray(radii, dtype=np.float64).reshape(-1)
+    radii = _real_array(radii, "radii").reshape(-1)
     if radii.size == 0 or not np.all(np.isfinite(radii) & (radii > 0)):
         raise ValueError(f"radii must be a non-empty sequence of finite numbers > 0, got {radii}")
     rng = check_rng(rng)
@@ -130,14 +167,15 @@ def banana(n, rng=None, noise=0.5, curvature=1.0):
     noise : float
         Spread of ``x2`` around the parabola, > 0.
     curvature : float
+        Finite.
 
     Returns
     -------
     ndarray of shape (n, 2), float64
     """
-    n = check_positive_int(n, "n", minimum=0)
+    n = _check_n(n)
     noise = _check_scale(noise, "noise")
-    curvature = float(curvature)
+    curvature = _check_float(curvature, "curvature")
     e = check_rng(rng).standard_normal((n, 2))
     x = np.empty((n, 2))
     x[:, 0] = e[:, 0]
@@ -169,6 +207,7 @@ def banana_log_density(x, noise=0.5, curvature=1.0):
     x : array_like of shape (N, 2) or (2,)
     noise : float
     curvature : float
+        Finite.
 
     Returns
     -------
@@ -177,7 +216,7 @@ def banana_log_density(x, noise=0.5, curvature=1.0):
     """
     x, single = _as_rows(x, 2)
     s = _check_scale(noise, "noise")
-    c = float(curvature)
+    c = _check_float(curvature, "curvature")
     x1, x2 = x[:, 0], x[:, 1]
     resid = x2 - c * (x1 * x1 - 1.0)
     values = -0.5 * x1 * x1 - 0.5 * (resid / s) ** 2 - math.log(s) - _LOG_2PI
@@ -192,17 +231,18 @@ _DEFAULT_MEANS = ((-2.0, 0.0), (2.0, 0.0))
 
 
 def _mixture_args(means, scales, weights):
-    means = np.asarray(means, dtype=np.float64)
+    means = _real_array(means, "means")
     if means.ndim != 2 or means.shape[0] == 0 or not np.all(np.isfinite(means)):
         raise ValueError(f"means must be a finite (K, dim) array, got shape {means.shape}")
     k = means.shape[0]
-    scales = np.broadcast_to(np.asarray(scales, dtype=np.float64), (k,)).copy() \
-        if np.ndim(scales) == 0 or np.shape(scales) == (k,) else None
+    scales = _real_array(scales, "scales")
+    scales = np.broadcast_to(scales, (k,)).copy() if scales.ndim == 0 or scales.shape == (k,) \
+        else None
     if scales is None or not np.all(np.isfinite(scales) & (scales > 0)):
         raise ValueError(f"scales must be a number or ({k},) numbers, each > 0")
     if weights is None:
         weights = np.full(k, 1.0 / k)
-    weights = np.asarray(weights, dtype=np.float64)
+    weights = _real_array(weights, "weights")
     if weights.shape != (k,) or not np.all(np.isfinite(weights) & (weights > 0)):
         raise ValueError(f"weights must be ({k},) numbers, each > 0")
     return means, scales, weights / weights.sum()
@@ -232,6 +272,7 @@ def gaussian_mixture(n, rng=None, noise=None, means=_DEFAULT_MEANS, scales=0.5, 
     if noise is not None:
         scales = _check_scale(noise, "noise")
     means, scales, weights = _mixture_args(means, scales, weights)
+    n = _check_n(n, means.shape[1])
     rng = check_rng(rng)
     k = rng.choice(means.shape[0], size=n, p=weights)
     return means[k] + scales[k, None] * rng.standard_normal((n, means.shape[1]))

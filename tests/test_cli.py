@@ -1,5 +1,6 @@
 """The ``pyflowcore`` command line, end to end in a temporary directory."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 import pyflowcore as pf
-from pyflowcore import datasets
-from pyflowcore.cli import build_flow, main, parse_flow_spec
+from pyflowcore import cli, datasets
+from pyflowcore.cli import MAX_LAYERS, build_flow, main, parse_flow_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_realnvp = pytest.mark.skipif(not hasattr(pf, "RealNVP"),
@@ -63,10 +64,28 @@ def test_parse_flow_spec():
     ("realnvp(masks)", "malformed argument 'masks'"),
     ("planar*0", "repeat count '0'"),
     ("planar*x", "repeat count 'x'"),
+    # Only ASCII digits: str.isdigit() accepts these, int() refuses or reads them.
+    ("planar*\u00b2", "repeat count '\u00b2'.*integer >= 1"),
+    ("planar*\u0663", "repeat count '\u0663'.*integer >= 1"),
+    ("realnvp(units=\u00b2)", "units=\u00b2.*non-negative integer"),
+    ("realnvp(units=\u0663)", "units=\u0663.*non-negative integer"),
+    pytest.param("realnvp(units=" + "9" * 5000 + ")", "units of realnvp.*too large",
+                 id="units-of-5000-digits"),
+    # At most MAX_LAYERS layers, told before any is built.
+    ("planar*100000000", "repeat count 100000000 .*at most 10000 layers"),
+    (f"planar*{MAX_LAYERS + 1}", "at most 10000 layers"),
+    pytest.param("planar*" + "9" * 5000, "at most 10000 layers", id="count-of-5000-digits"),
+    (f"shift*{MAX_LAYERS}+shift", "more than 10000 layers"),
 ])
 def test_malformed_flow_specs(spec, match):
     with pytest.raises(ValueError, match=match):
         parse_flow_spec(spec)
+
+
+def test_layer_bound():
+    assert MAX_LAYERS == 10_000
+    assert len(parse_flow_spec(f"shift*{MAX_LAYERS - 1}+scale")) == MAX_LAYERS
+    assert parse_flow_spec("planar*007") == [("planar", {})] * 7
 
 
 def test_build_flow():
@@ -205,6 +224,26 @@ def test_not_an_npy_or_model_file(tmp_path, capsys):
     assert_user_error(status, err, "cannot load model")
 
 
+@pytest.mark.parametrize("damage", ["truncated", "bad_crc", "abstract_flow"])
+def test_damaged_model_files(damage, tmp_path, capsys):
+    path = tmp_path / "m.npz"
+    pf.save(pf.Shift(2), path)
+    good = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(good[:len(good) // 2])
+    elif damage == "bad_crc":
+        data = bytearray(good)
+        data[good.rindex(b"\x93NUMPY") + 130] ^= 0xFF
+        path.write_bytes(bytes(data))
+    else:
+        arch = {"format": "pyflowcore", "version": 1,
+                "flow": {"type": "Flow", "config": {"dim": 2, "num_params": 2}}}
+        np.savez(path, architecture=np.array(json.dumps(arch)), params=np.zeros(2))
+    status, _, err = run(capsys, "sample", path, "-n", 2)
+    assert_user_error(status, err, "m.npz", "not a valid pyflowcore model")
+    assert err.count("\n") == 1
+
+
 @pytest.mark.parametrize("spec, fragment", [
     ("realnvp(masks=4", "cannot read the term"),
     ("glow", "unknown flow 'glow'"),
@@ -228,6 +267,10 @@ def test_wrong_dimension_for_the_model(moons_files, capsys):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["sample", "m.npz", "-n", "-3"], "integer >= 0"),
+    (["sample", "m.npz", "-n", "2", "--seed", "-5"], "argument --seed: expected an integer >= 0"),
+    (["fit", "d.csv", "--out", "m.npz", "--seed", "-1"], "argument --seed"),
+    (["demo", "--seed", "-3"], "argument --seed"),
+    (["sample", "m.npz", "-n", "2", "--seed", "x"], "argument --seed"),
     (["sample", "m.npz"], "-n"),
     (["fit", "d.csv", "--out", "m.npz", "--lr", "0"], "number > 0"),
     (["fit", "d.csv", "--out", "m.npz", "--method", "sgd"], "invalid choice"),
@@ -239,6 +282,50 @@ def test_wrong_dimension_for_the_model(moons_files, capsys):
 def test_bad_arguments(argv, fragment, capsys):
     status, _, err = run(capsys, *argv)
     assert status == 2 and fragment in err and "Traceback" not in err
+    assert err.count("\n") == 1, err   # one line: no usage block
+
+
+def test_negative_seed_in_a_real_run(moons_files, capsys):
+    _, tmp = moons_files
+    pf.save(pf.Shift(2), tmp / "m.npz")
+    status, _, err = run(capsys, "sample", tmp / "m.npz", "-n", 2, "--seed", -5)
+    assert_user_error(status, err, "--seed")
+    status, _, err = run(capsys, "fit", tmp / "moons.npy", "--flow", "shift", "--out",
+                         tmp / "m2.npz", "--seed", -1)
+    assert_user_error(status, err, "--seed")
+    assert not (tmp / "m2.npz").exists()
+
+
+def test_too_many_samples(moons_files, capsys):
+    _, tmp = moons_files
+    pf.save(pf.Shift(2), tmp / "m.npz")
+    status, _, err = run(capsys, "sample", tmp / "m.npz", "-n", 10 ** 30)
+    assert_user_error(status, err, "-n 1000000000000000000000000000000")
+    status, _, err = run(capsys, "demo", "--n", 10 ** 21, "--steps", 1)
+    assert_user_error(status, err, "--n", "too large")
+
+
+def _out_of_memory(*args, **kwargs):
+    raise MemoryError("Unable to allocate 14.6 TiB for an array with shape (1999999999988,)")
+
+
+@pytest.mark.parametrize("command", ["fit", "sample"])
+def test_out_of_memory(command, moons_files, capsys, monkeypatch):
+    # Patched rather than real: whether a huge allocation fails at once depends
+    # on the machine's overcommit policy.
+    _, tmp = moons_files
+    pf.save(pf.Shift(2), tmp / "m.npz")
+    if command == "fit":
+        monkeypatch.setattr(cli, "build_flow", _out_of_memory)
+        argv = ["fit", tmp / "moons.npy", "--flow", "realnvp(units=99999999999)",
+                "--out", tmp / "m2.npz"]
+    else:
+        monkeypatch.setattr(pf.Shift, "sample", _out_of_memory)
+        argv = ["sample", tmp / "m.npz", "-n", 10 ** 13]
+    status, _, err = run(capsys, *argv)
+    assert_user_error(status, err, f"pyflowcore {command}: error: ran out of memory",
+                      "14.6 TiB")
+    assert err.count("\n") == 1
 
 
 def test_unwritable_output(moons_files, capsys):
@@ -254,6 +341,7 @@ def test_unwritable_output(moons_files, capsys):
 def test_help_exits_zero(capsys):
     status, out, _ = run(capsys, "fit", "--help")
     assert status == 0 and "SPEC" in out and "planar*8+shift" in out
+    assert f"at most {MAX_LAYERS} layers" in out and "ASCII digits" in out
 
 
 def test_python_dash_m_reports_errors_without_a_traceback(tmp_path):

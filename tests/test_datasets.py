@@ -37,6 +37,54 @@ def test_bad_arguments(gen):
         gen(5, rng="seed")
 
 
+@pytest.mark.parametrize("gen", GENERATORS)
+@pytest.mark.parametrize("value, exc", [
+    (float("nan"), ValueError), (float("inf"), ValueError), ("a", TypeError), (True, TypeError),
+])
+def test_bad_noise_is_named(gen, value, exc):
+    with pytest.raises(exc, match="noise"):
+        gen(5, noise=value)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda v: datasets.banana(3, curvature=v), "curvature"),
+    (lambda v: datasets.banana_log_density([0.0, 0.0], curvature=v), "curvature"),
+    (lambda v: datasets.banana_log_density([0.0, 0.0], noise=v), "noise"),
+    (lambda v: datasets.gaussian_mixture(3, noise=v), "noise"),
+])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_float_parameters_must_be_finite(call, match, value):
+    with pytest.raises(ValueError, match=f"{match} must be a finite number"):
+        call(value)
+
+
+def test_zero_dimensional_arrays_still_count_as_numbers():
+    np.testing.assert_array_equal(datasets.banana(4, rng=0, noise=np.array(0.5),
+                                                  curvature=np.float32(1.0)),
+                                  datasets.banana(4, rng=0))
+
+
+@pytest.mark.parametrize("gen", GENERATORS)
+@pytest.mark.parametrize("n", [10 ** 20, 2 ** 62])
+def test_n_too_large_for_any_array(gen, n):
+    with pytest.raises(ValueError, match=f"n={n} is too large"):
+        gen(n)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: datasets.rings(3, radii="a"), TypeError, "radii"),
+    (lambda: datasets.rings(3, radii=[1.0, [2.0]]), ValueError, "radii"),
+    (lambda: datasets.gaussian_mixture(3, means="a"), TypeError, "means"),
+    (lambda: datasets.gaussian_mixture(3, scales="a"), TypeError, "scales"),
+    (lambda: datasets.gaussian_mixture(3, weights=["a", "b"]), TypeError, "weights"),
+    (lambda: datasets.gaussian_mixture_log_density([0.0, 0.0], means=[[0.0], [1.0, 2.0]]),
+     ValueError, "means"),
+])
+def test_array_parameters_are_named(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
 def test_two_moons_without_noise_lie_on_the_half_circles():
     x = datasets.two_moons(101, rng=0, noise=0.0)
     upper = np.isclose(np.hypot(x[:, 0], x[:, 1]), 1.0) & (x[:, 1] >= 0)
