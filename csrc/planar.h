@@ -49,12 +49,18 @@
  * small that is s to a few ulps.  A non-finite Y skips the iteration, so a
  * NaN/inf row gives NaN/inf in its own outputs only.
  *
- * Gradients.  Per row the accumulator collects dL/duhat, dL/dw (uhat held
- * fixed) and dL/db, with c = w.uhat in D differentiated through both;
- * planar_finish_grad applies the chain rule through uhat(u, w) once:
+ * Gradients.  Per row the accumulator collects dL/duhat and dL/dw through
+ * x = z + uhat t and s = w.z + b (uhat, w and c held fixed), dL/db and
+ * dL/dc, c in D; planar_finish_grad applies the chain rule once, through
+ * uhat(u, w) for the first part:
  *   duhat/du = I + k'(w.u) v w^T,
  *   duhat/dw = k'(w.u) v u^T + k (I - 2 v w^T) / |w|^2,   v = w / |w|^2,
- *   k'(a) = -sigmoid(-a).
+ *   k'(a) = -sigmoid(-a),
+ * and through c = m(w.u) for dL/dc: dc/du = sigmoid(w.u) w, dc/dw =
+ * sigmoid(w.u) u.  Taking c's part through uhat instead (c = w.uhat) would
+ * form sigmoid(w.u) = 1 + k'(w.u) by cancellation: wrong by a factor of
+ * 1 / (D e^{w.u} / sp) near the boundary w.uhat = -1, where dL/dc = g hp / D
+ * is large (w.u = -40, s = 0: dL/du 0 instead of 1).
  * The inverse VJP is implicit differentiation (J = I + hp uhat w^T at z):
  *   grad_x = J^{-T} (g_z + g grad_z log D) = g_z - d w,
  *   d = hp/D (uhat.g_z - 2 g c t / D),   g = grad of log_det_inv = -log D,
@@ -63,7 +69,7 @@
  * grad_log_det = g (see planar.pyx for the algebra).
  *
  * work = [uhat (dim), w (dim), b, c, sp]
- * acc  = [dL/duhat (dim), dL/dw (dim), dL/db], summed over rows.
+ * acc  = [dL/duhat (dim), dL/dw (dim), dL/db, dL/dc], summed over rows.
  */
 #ifndef PFC_PLANAR_H
 #define PFC_PLANAR_H
@@ -79,7 +85,7 @@ namespace pfc {
 #define PLANAR_MAX_ITER 160
 
 PFC_HOSTDEVICE PFC_INLINE int planar_work_size(int dim) { return 2 * dim + 3; }
-PFC_HOSTDEVICE PFC_INLINE int planar_grad_acc_size(int dim) { return 2 * dim + 1; }
+PFC_HOSTDEVICE PFC_INLINE int planar_grad_acc_size(int dim) { return 2 * dim + 2; }
 
 /* t = tanh(s) and hp = 1 - tanh(s)^2 from one exponential, both to a few
  * ulps of relative accuracy (hp too, for large |s|).  NaN propagates; s = inf
@@ -272,8 +278,8 @@ PFC_HOSTDEVICE PFC_INLINE T planar_inverse_row(const T* work, int dim, const T* 
 
 /* L = g_x.x + g_ld log D:
  *   dL/ds = hp (g_x.uhat - 2 g_ld c t / D)       (d hp/ds = -2 t hp)
- *   grad_z = g_x + dL/ds w,  dL/duhat = t g_x + (g_ld hp / D) w,
- *   dL/dw = dL/ds z + (g_ld hp / D) uhat,  dL/db = dL/ds. */
+ *   grad_z = g_x + dL/ds w,  dL/duhat = t g_x,  dL/dw = dL/ds z,
+ *   dL/db = dL/ds,  dL/dc = g_ld hp / D. */
 template <typename T>
 PFC_HOSTDEVICE PFC_INLINE void planar_backward_row(const T* work, int dim, const T* z,
                                                    const T* grad_x, T grad_log_det,
@@ -295,11 +301,12 @@ PFC_HOSTDEVICE PFC_INLINE void planar_backward_row(const T* work, int dim, const
     T* acc_w = acc + dim;
     for (int i = 0; i < dim; ++i) {
         const T gx = grad_x[i];
-        acc_u[i] += t * gx + gc * w[i];
-        acc_w[i] += ds * z[i] + gc * uhat[i];
+        acc_u[i] += t * gx;
+        acc_w[i] += ds * z[i];
         grad_z[i] = gx + ds * w[i];
     }
     acc[2 * dim] += ds;
+    acc[2 * dim + 1] += gc;
 }
 
 /* x -> (z, -log D), g = grad_log_det (of log_det_inv):
@@ -329,11 +336,12 @@ PFC_HOSTDEVICE PFC_INLINE void planar_inverse_backward_row(const T* work, int di
     for (int i = 0; i < dim; ++i) {
         const T r = grad_z[i] - d * w[i];
         const T zi = x[i] - uhat[i] * t;
-        acc_u[i] -= t * r + gc * w[i];
-        acc_w[i] -= d * zi + gc * uhat[i];
+        acc_u[i] -= t * r;
+        acc_w[i] -= d * zi;
         grad_x[i] = r;
     }
     acc[2 * dim] -= d;
+    acc[2 * dim + 1] -= gc;
 }
 
 template <typename T>
@@ -344,6 +352,7 @@ PFC_HOSTDEVICE PFC_INLINE void planar_finish_grad(const T* params, const T* work
     const T* w = params + dim;
     const T* g_uhat = acc;
     const T* g_w = acc + dim;
+    const T g_c = acc[2 * dim + 1];
     T wu = T(0), wmax = T(0);
     for (int i = 0; i < dim; ++i) {
         wu += w[i] * u[i];
@@ -351,10 +360,11 @@ PFC_HOSTDEVICE PFC_INLINE void planar_finish_grad(const T* params, const T* work
         if (aw > wmax) wmax = aw;
     }
     if (!(wmax > T(0))) {
-        /* w = 0: uhat = u, and the correction term is taken as constant 0. */
+        /* w = 0: uhat = u, and the correction term is taken as constant 0,
+         * so c = w.u: dc/du = w = 0, dc/dw = u. */
         for (int i = 0; i < dim; ++i) {
             grad_params[i] = g_uhat[i];
-            grad_params[dim + i] = g_w[i];
+            grad_params[dim + i] = g_w[i] + g_c * u[i];
         }
         grad_params[2 * dim] = acc[2 * dim];
         return;
@@ -365,16 +375,21 @@ PFC_HOSTDEVICE PFC_INLINE void planar_finish_grad(const T* params, const T* work
         nn += wi * wi;
         gv += g_uhat[i] * wi;
     }
-    /* v = w / |w|^2 = (w / wmax) / (wmax nn); gv = g_uhat.v, kr = k / |w|^2. */
+    /* v = w / |w|^2 = (w / wmax) / (wmax nn); gv = g_uhat.v.  k / |w|^2 =
+     * (k / (wmax nn)) / wmax is applied in that order, the vector between
+     * the two factors: for a tiny w, 1 / |w|^2 alone overflows where the
+     * gradient (g_uhat tiny too) does not. */
     const T inv_norm = T(1) / (wmax * nn);
     gv *= inv_norm;
     const T k = pfc::softplus(-wu) - T(1);
     const T dk = -pfc::sigmoid(-wu);
-    const T kr = k * inv_norm / wmax;
-    const T two_gv_over = T(2) * gv;
+    const T kn = k * inv_norm;
+    const T two_gv = T(2) * gv;
+    const T gc_dc = g_c * pfc::sigmoid(wu);   /* dL/dc dc/d(w.u) */
     for (int i = 0; i < dim; ++i) {
-        grad_params[i] = g_uhat[i] + dk * gv * w[i];
-        grad_params[dim + i] = g_w[i] + dk * gv * u[i] + kr * (g_uhat[i] - two_gv_over * w[i]);
+        grad_params[i] = g_uhat[i] + (dk * gv + gc_dc) * w[i];
+        grad_params[dim + i] = g_w[i] + (dk * gv + gc_dc) * u[i]
+                               + kn * (g_uhat[i] - two_gv * w[i]) / wmax;
     }
     grad_params[2 * dim] = acc[2 * dim];
 }

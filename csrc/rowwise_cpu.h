@@ -1494,15 +1494,12 @@ inline void chain_vjp_lanes_flush(const int* kinds, int K, int dim,
 
 /* The per-dimension part of a planar layer's VJP for a block: with coef =
  * dL/ds per row, g <- g + coef w, and the parameter sums
- *   dL/duhat_i += sign (sum_r t g_i + g_c w_i),
- *   dL/dw_i    += sum_r coef z_i + sign g_c uhat_i,
- * the sums over rows per lane into `lanes` (layer_vjp_lanes), the rest
- * into acc[i], acc[dim + i]; g_i taken before the update (forward VJP, sign
- * +1) or after it (inverse VJP, sign -1, coef = -d). */
+ *   dL/duhat_i += sign sum_r t g_i,   dL/dw_i += sum_r coef z_i,
+ * per lane into `lanes` (layer_vjp_lanes); g_i taken before the update
+ * (forward VJP, sign +1) or after it (inverse VJP, sign -1, coef = -d). */
 template <bool AFTER, typename T>
 PFC_VM_INLINE void planar_vjp_dims(const T* work, int dim, const T* zt, T* gt, const T* t,
-                                   const T* coef, T g_c, T sign, T* acc, T* lanes) {
-    const T* uhat = work;
+                                   const T* coef, T sign, T* lanes) {
     const T* w = work + dim;
     for (int i = 0; i < dim; ++i) {
         T* gi = gt + (index_t)i * BLOCK_ROWS;
@@ -1527,8 +1524,6 @@ PFC_VM_INLINE void planar_vjp_dims(const T* work, int dim, const T* zt, T* gt, c
             lu[l] += sign * au[l];
             lw[l] += aw[l];
         }
-        acc[i] += sign * g_c * wi;
-        acc[dim + i] += sign * g_c * uhat[i];
     }
 }
 
@@ -1936,8 +1931,8 @@ PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt,
  * zt (its input; for the inverse, the output z of its inverse).  With
  * L = g_x.x + g_ld log D (planar.h):
  *   dL/ds = hp (g_x.uhat - 2 g_ld c t / D),  dL/dc = g_ld hp / D,
- *   grad_z = g_x + dL/ds w,  dL/duhat = t g_x + dL/dc w,
- *   dL/dw = dL/ds z + dL/dc uhat,  dL/db = dL/ds.
+ *   grad_z = g_x + dL/ds w,  dL/duhat = t g_x,  dL/dw = dL/ds z,
+ *   dL/db = dL/ds (planar.h's accumulator: dL/dc apart from dL/duhat).
  * The inverse's VJP (INVERSE; gt holds g_z, gld the cotangent of log_det_inv)
  * is the same with coef = -d, d = hp (g_z.uhat - 2 g_c c t) / D, taken
  * after the update, and the sums' signs flipped (planar_vjp_dims).
@@ -1963,9 +1958,10 @@ PFC_VM_INLINE void planar_vjp_block(const T* work, int dim, const T* zt, T* gt, 
             sum_coef[l] += cr;
         }
     }
-    planar_vjp_dims<INVERSE>(work, dim, zt, gt, t, coef, lane_sum(sum_gc),
-                             INVERSE ? T(-1) : T(1), acc, lanes);
+    const T sign = INVERSE ? T(-1) : T(1);
+    planar_vjp_dims<INVERSE>(work, dim, zt, gt, t, coef, sign, lanes);
     acc[2 * dim] += lane_sum(sum_coef);
+    acc[2 * dim + 1] += sign * lane_sum(sum_gc);
 }
 
 /* The quadratic loss sum_r (a/2 |y_r|^2 + b ld_r) of a block's output y

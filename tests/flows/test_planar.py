@@ -299,6 +299,75 @@ def test_vjp_finite_differences_near_minus_one(direction, dim):
                                atol=1e-5 * np.abs(fd_params).max())
 
 
+def log_det_gradient(u, w, b, z):
+    """d log D / d(u, w, b) for one point, in float64 from the formulas with
+    c = m(w.u) differentiated as a function of w.u (dc/du = sigmoid(w.u) w,
+    dc/dw = sigmoid(w.u) u) and D = t^2 + h' softplus(w.u):
+      dlogD/ds = -2 t h' c / D,  s = w.z + b."""
+    from scipy.special import expit
+    wu = float(w @ u)
+    s = float(w @ z + b)
+    t, hp = np.tanh(s), 1.0 / np.cosh(s) ** 2
+    sp = np.logaddexp(0.0, wu)
+    d = t * t + hp * sp
+    dc = hp * expit(wu) / d                      # dlogD/dc dc/d(w.u)
+    ds = -2.0 * t * hp * (sp - 1.0) / d
+    return np.concatenate([dc * w, dc * u + ds * z, [ds]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("s", [0.0, 2.0**-20, 2.0**-10, 0.5])
+@pytest.mark.parametrize("wu", [-20.0, -40.0, -80.0, -700.0])
+def test_log_det_gradient_near_the_boundary(wu, s, dtype):
+    # w.uhat = m(w.u) -> -1: dL/dc = g h'/D is huge (1/softplus(w.u) at
+    # s = 0) and dc/du = sigmoid(w.u) w tiny; taken through uhat, where
+    # sigmoid(w.u) is 1 + k'(w.u) by cancellation, the gradient was 0 or
+    # 1024 instead of 1 at w.u = -40, s = 0.
+    if dtype == "float32" and wu < -80:
+        pytest.skip("softplus(w.u) underflows float32")
+    w = np.array([1.0, 0.5])
+    u = wu * w / (w @ w) + np.array([0.5, -1.0])     # w.u = wu, u not along w
+    z = np.array([0.25, 0.5])
+    b = s - w @ z                                     # s = w.z + b, exact in float32
+    flow = planar(u, w, b, dtype)
+    expected = log_det_gradient(*(np.asarray(a, dtype).astype(np.float64)
+                                  for a in (u, w, b, z)))
+    rtol = 1e-12 if dtype == "float64" else 1e-5
+    grad = flow.backward(z[None], None, 1.0)[1]
+    np.testing.assert_allclose(grad, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+    loss_grad = flow.quadratic_loss_and_grad(z[None], 0.0, 1.0)[2]
+    np.testing.assert_allclose(loss_grad, expected, rtol=rtol,
+                               atol=rtol * np.abs(expected).max())
+    if s == 0.0:
+        # t = 0: the inverse's VJP of log_det_inv = -log D has no grad_x
+        # term, so its parameter part is minus the forward's.
+        x = flow.forward(z[None])[0]
+        grad_inv = flow.inverse_backward(x, None, 1.0)[1]
+        np.testing.assert_allclose(grad_inv, -expected, rtol=rtol,
+                                   atol=rtol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gradient_with_a_tiny_w(dtype):
+    # k / |w|^2 alone overflows for |w| ~ 1e-155 (float32: 1e-21), where the
+    # gradient, with t ~ |w| tiny too, is ~1 / |w|.
+    scale = 1e-155 if dtype == "float64" else 1e-21
+    u, w, z = np.array([0.5, -0.3]), np.array([0.7, 0.4]) * scale, np.array([[0.3, 0.2]])
+    flow = planar(u, w, 0.0, dtype)
+    grad = flow.backward(z, np.ones((1, 2)), 1.0)[1]
+    assert np.all(np.isfinite(grad))
+    # x = z + uhat t and uhat = u + k(w.u) w / |w|^2, k(0) = log 2 - 1: with
+    # w -> w + e_i, dL/dw_i is dominated by the derivative of k w t / |w|^2.
+    wn, zn = (np.asarray(a, dtype).astype(np.float64) / scale for a in (w, z[0] * scale))
+    k = np.log(2.0) - 1.0
+    # t = tanh(w.z) ~ w.z (|w.z| <= 1e-155): uhat t ~ k w (w.z) / |w|^2 + u (w.z),
+    # so d(sum x)/dw = k [z (sum w) + (w.z) 1] / |w|^2 - 2 k (w.z)(sum w) w / |w|^4
+    # + O(1); scaled back by 1/scale.
+    sw, wz, nn = wn.sum(), wn @ zn, wn @ wn
+    lead = k * (zn * sw + wz) / nn - 2 * k * wz * sw * wn / nn**2
+    np.testing.assert_allclose(grad[2:4] * scale, lead, rtol=1e-3)
+
+
 # -- the log-determinant ----------------------------------------------------------
 
 def careful_log_det(s, c, sp):
