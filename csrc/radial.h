@@ -236,7 +236,9 @@ PFC_HOSTDEVICE PFC_INLINE void radial_inverse_backward_row(const T* work, int di
     const T l_r = -beta * f.inv * (a1 * inv_sr + T(2) * a2 * vh_g2);
     const T l_alpha = -a1 * f.inv + a2 * ((T(2) * f.u + s * f.inv) * f.inv / f.g2 - T(2) * f.inv);
     const T l_s = a1 * inv_sr + a2 * vh_g2;
-    const T rho_bar = l_r / f.g2;
+    /* The radial term, taken as 0 at x = z0 (where u = 0): l_r / g2 can
+     * overflow there, 1 / s^2 for a tiny s, and inf u would be NaN. */
+    const T rho_bar = rho > T(0) ? l_r / f.g2 : T(0);
     const T cr = rho > T(0) ? rho_bar / rho : T(0);
     acc[0] += l_alpha + rho_bar * f.u * f.g;
     acc[1] += l_s - rho_bar * f.u;

@@ -193,6 +193,29 @@ def test_inverse_at_the_centre_is_exact(s_rel, dtype):
     np.testing.assert_allclose(log_det, -log_det_inv, rtol=EPS[dtype] * 10)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("beta_raw", [0.5, -30.0, -60.0, -400.0])
+def test_inverse_vjp_at_the_centre(beta_raw, dtype):
+    # At x = z0, z = z0 for all parameters and log_det_inv = -dim log(s /
+    # alpha), s = softplus(beta_raw): d/dlog_alpha = dim, d/dbeta_raw =
+    # -dim sigmoid(beta_raw) / s; the radial term (the kink) is 0.  With a
+    # tiny s that term's l_r / g2 ~ 1 / s^2 overflowed and times u = 0 gave
+    # NaN (float64 from beta_raw = -400, float32 from -50).
+    if dtype == "float32" and beta_raw < -80:
+        pytest.skip("softplus(beta_raw) underflows float32")
+    dim = 3
+    flow = pf.Radial(dim, dtype=dtype)
+    flow.set_params([0.7, beta_raw, 0.25, -1.5, 3.0])
+    x = np.tile(flow.z0, (40, 1))     # rows of a block, which go to the row function
+    s = np.logaddexp(0.0, beta_raw)
+    expected = [dim, -dim / (1.0 + math.exp(-beta_raw)) / s, 0.0, 0.0, 0.0]
+    for rows in (x[:1], x):
+        grad_x, grad_params = flow.inverse_backward(rows, None, 1.0)
+        np.testing.assert_allclose(grad_params, len(rows) * np.array(expected),
+                                   rtol=EPS[dtype] * 10, atol=EPS[dtype] * 10 * len(rows))
+        np.testing.assert_array_equal(grad_x, 0.0)
+
+
 def test_collapsed_centre_when_beta_is_minus_alpha():
     # softplus(-1000) underflows to 0, so beta = -alpha exactly: z0 is a fixed
     # point with a singular Jacobian; the inverse still returns z0 there.
