@@ -169,6 +169,16 @@ PFC_HOSTDEVICE PFC_INLINE T radial_inverse_row(const T* work, int dim, const T* 
     return -f.log_det;
 }
 
+/* The radial term k d_i / r of a VJP (d = z - z0, r = |d|; 0 at r = 0,
+ * the kink, see the header), with kr = k / r precomputed: kr d_i, or where
+ * kr overflows although k does not (a tiny length scale: k ~ 1/alpha,
+ * r ~ alpha ~ 1e-155 and the term ~ k), k (d_i / r). */
+template <typename T>
+PFC_HOSTDEVICE PFC_INLINE T radial_term(T k, T kr, T r, T d) {
+    const T big = pfc::limits<T>::max();
+    return !(pfc::fabs(kr) <= big) && pfc::fabs(k) <= big ? k * (d / r) : kr * d;
+}
+
 /*
  * VJP of z -> (x, L), with P = grad_x . d:
  *   grad_z  = g grad_x + (c / r) d,
@@ -192,12 +202,14 @@ PFC_HOSTDEVICE PFC_INLINE void radial_backward_row(const T* work, int dim, const
     const T vh_g2 = f.v * f.inv / f.g2;                       /* alpha h^2 / g2 */
     const T c = -beta * f.inv * (P * f.inv + gld * (w1 + T(2) * vh_g2));
     const T cr = r > T(0) ? c / r : T(0);
-    acc[0] += -f.g * f.inv * P
-              + gld * ((T(2) * f.u + s * f.inv) * f.inv / f.g2 - T(dim + 1) * f.inv);
+    /* h P and h / g2 before the factors of order h: g h and h^2 overflow for
+     * tiny length scales (alpha ~ r ~ 1e-155). */
+    acc[0] += -f.g * (f.inv * P)
+              + gld * ((T(2) * f.u + s * f.inv) * (f.inv / f.g2) - T(dim + 1) * f.inv);
     acc[1] += f.inv * P + gld * (w1 + vh_g2);
     for (int i = 0; i < dim; ++i) {
         const T gx = grad_x[i];
-        const T gz = f.g * gx + cr * (z[i] - z0[i]);
+        const T gz = f.g * gx + radial_term(c, cr, r, z[i] - z0[i]);
         acc[2 + i] += gx - gz;
         grad_z[i] = gz;
     }
@@ -234,7 +246,8 @@ PFC_HOSTDEVICE PFC_INLINE void radial_inverse_backward_row(const T* work, int di
     const T a2 = -gld;
     const T vh_g2 = f.v * f.inv / f.g2;                       /* alpha h^2 / g2 */
     const T l_r = -beta * f.inv * (a1 * inv_sr + T(2) * a2 * vh_g2);
-    const T l_alpha = -a1 * f.inv + a2 * ((T(2) * f.u + s * f.inv) * f.inv / f.g2 - T(2) * f.inv);
+    const T l_alpha = -a1 * f.inv
+                      + a2 * ((T(2) * f.u + s * f.inv) * (f.inv / f.g2) - T(2) * f.inv);
     const T l_s = a1 * inv_sr + a2 * vh_g2;
     /* The radial term, taken as 0 at x = z0 (where u = 0): l_r / g2 can
      * overflow there, 1 / s^2 for a tiny s, and inf u would be NaN. */
@@ -244,7 +257,7 @@ PFC_HOSTDEVICE PFC_INLINE void radial_inverse_backward_row(const T* work, int di
     acc[1] += l_s - rho_bar * f.u;
     for (int i = 0; i < dim; ++i) {
         const T gz = grad_z[i];
-        const T gx = m * gz + cr * (x[i] - z0[i]);
+        const T gx = m * gz + radial_term(rho_bar, cr, rho, x[i] - z0[i]);
         acc[2 + i] += gz - gx;
         grad_x[i] = gx;
     }

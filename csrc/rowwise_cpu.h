@@ -1905,7 +1905,7 @@ PFC_VM_INLINE void radial_inverse_vjp_block(const T* work, int dim, const T* xt,
         const T a2 = -gld[r];
         const T vh_g2 = v * inv / g2;
         const T l_r = -beta * inv * (a1 * inv_sr + T(2) * a2 * vh_g2);
-        const T l_alpha = -a1 * inv + a2 * ((T(2) * u + s * inv) * inv / g2 - T(2) * inv);
+        const T l_alpha = -a1 * inv + a2 * ((T(2) * u + s * inv) * (inv / g2) - T(2) * inv);
         const T l_s = a1 * inv_sr + a2 * vh_g2;
         const T rho_bar = l_r / g2;
         const bool bad = (ss < tiny) | (ss > huge);
@@ -2137,7 +2137,8 @@ PFC_VM_INLINE void radial_backward_block(const T* work, int dim, const T* zt, T*
         const T w1 = dim_minus_1 / (s + rr);
         const T vh_g2 = v * inv * ig2;                       /* alpha h^2 / g2 */
         const T c = -beta * inv * (P * inv + gl * (w1 + T(2) * vh_g2));
-        const T d_alpha = -g * inv * P + gl * ((T(2) * u + s * inv) * inv * ig2 - dim_plus_1 * inv);
+        const T d_alpha = -g * inv * P
+                          + gl * ((T(2) * u + s * inv) * (inv * ig2) - dim_plus_1 * inv);
         const T d_s = inv * P + gl * (w1 + vh_g2);
         const bool bad = (ss < tiny) | (ss > huge);
         sum_a[l] += vm::detail::select_(bad, T(0), d_alpha);

@@ -216,6 +216,34 @@ def test_inverse_vjp_at_the_centre(beta_raw, dtype):
         np.testing.assert_array_equal(grad_x, 0.0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vjp_at_a_tiny_length_scale(dtype):
+    # alpha ~ |z - z0| ~ lam: the gradients are ~1 / lam, finite, while h^2
+    # ~ 1 / lam^2 overflows (float64 lam = 1e-155, float32 1e-20).  Reference
+    # in the scaled variables r = lam rho, alpha = lam a, s / lam.
+    lam = 1e-155 if dtype == "float64" else 1e-20
+    dim, beta_raw = 2, 0.5
+    flow = pf.Radial(dim, dtype=dtype)
+    flow.set_params([math.log(lam), beta_raw, 0.0, 0.0])
+    z = np.array([[0.6, -0.8]]) * lam
+    a = float(np.exp(np.asarray(math.log(lam), dtype).astype(np.float64))) / lam
+    zs = np.asarray(z, dtype).astype(np.float64) / lam
+    rho = float(np.hypot(*zs[0]))
+    sl = math.log1p(math.exp(beta_raw)) / lam            # s / lam
+    n = rho * (2 * a + rho) + sl * a                      # numerator of g2 (scaled)
+    dl_drho = (dim - 1) * (1 / (sl + rho) - 1 / (a + rho)) + (2 * a + 2 * rho) / n - 2 / (a + rho)
+    grad_z = dl_drho / lam * zs[0] / rho
+    grad_log_alpha = a * (-(dim + 1) / (a + rho) + (2 * rho + sl) / n)
+    grad_beta_raw = (1 / (1 + math.exp(-beta_raw))) / lam * ((dim - 1) / (sl + rho) + a / n)
+    expected = np.concatenate([[grad_log_alpha, grad_beta_raw], -grad_z])
+    rtol = 1e-12 if dtype == "float64" else 1e-5
+    got_z, got_params = flow.backward(z, None, 1.0)
+    np.testing.assert_allclose(got_z[0], grad_z, rtol=rtol)
+    np.testing.assert_allclose(got_params, expected, rtol=rtol)
+    x = flow.forward(z)[0]
+    assert np.all(np.isfinite(np.concatenate(flow.inverse_backward(x, None, 1.0), axis=None)))
+
+
 def test_collapsed_centre_when_beta_is_minus_alpha():
     # softplus(-1000) underflows to 0, so beta = -alpha exactly: z0 is a fixed
     # point with a singular Jacobian; the inverse still returns z0 there.
