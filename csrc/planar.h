@@ -57,9 +57,9 @@
  *   duhat/dw = k'(w.u) v u^T + k (I - 2 v w^T) / |w|^2,   v = w / |w|^2,
  *   k'(a) = -sigmoid(-a),
  * and through c = m(w.u) for dL/dc: dc/du = sigmoid(w.u) w, dc/dw =
- * sigmoid(w.u) u.  Taking c's part through uhat instead (c = w.uhat) would
- * form sigmoid(w.u) = 1 + k'(w.u) by cancellation: wrong by a factor of
- * 1 / (D e^{w.u} / sp) near the boundary w.uhat = -1, where dL/dc = g hp / D
+ * sigmoid(w.u) u.  Taken through uhat instead (c = w.uhat), c's part
+ * would form sigmoid(w.u) as 1 + k'(w.u), which cancels to nothing once
+ * e^{w.u} is below eps, near the boundary w.uhat = -1 where dL/dc = g hp / D
  * is large (w.u = -40, s = 0: dL/du 0 instead of 1).
  * The inverse VJP is implicit differentiation (J = I + hp uhat w^T at z):
  *   grad_x = J^{-T} (g_z + g grad_z log D) = g_z - d w,
