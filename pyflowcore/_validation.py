@@ -65,7 +65,10 @@ def check_positive_int(value, name, minimum=1):
 
 
 def check_finite_float(value, name):
-    """Return ``value`` as a finite Python float; booleans and arrays are refused."""
+    """Return ``value`` as a finite Python float; a 0-d real array counts as a
+    number, booleans and other arrays are refused."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)

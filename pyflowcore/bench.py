@@ -553,7 +553,7 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
     jobs = [(w, np.dtype(dtype).name) for w in workloads for dtype in dtypes]
     table = {}  # (job index, backend name) -> Row
     ref_runs = []  # per job: the reference's prepared call
-    ref_passes = []  # per job: its median, or its samples between the workers' samples
+    ref_times = []  # per job: its median, or its samples between the workers' samples
     with tempfile.TemporaryDirectory(prefix="pyflowcore-bench-") as tmp:
         manifest = []
         for j, (w, dtype) in enumerate(jobs):
@@ -561,13 +561,13 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
             ref = reference.prepare(problem)
             ref_results = ref.results(ref.run())
             ref_runs.append(ref.run)
-            ref_passes.append([])
+            ref_times.append([])
             table[j, reference.name] = Row(w, dtype, reference.name, "ok", None, 1.0,
                                            ref.compile_s, 0.0)
             if in_process or not workers:
                 # Timed here only for peers timed here; workers get samples of their own.
                 ref_s = time_call(ref.run, **timing)
-                ref_passes[j].append(ref_s)
+                ref_times[j].append(ref_s)
                 log(f"{w.key} {w.title} N={w.n} {dtype} {reference.name}: {_fmt_time(ref_s)}")
             for b in in_process:
                 row = _measure_peer(b, problem, ref_results, missing[b.name],
@@ -596,16 +596,16 @@ def compare(workloads, dtypes, backends, *, repeat=7, warmup=2, min_time=0.02, s
                             f"samples {_fmt_time(row['ref_s'])}" if row["status"] == "ok"
                             else f"{row['status']}: {row.get('note', '')}"))
                     if ref_samples:
-                        ref_passes[j] = ref_samples
-                    elif not ref_passes[j]:   # no peer was timed: time it alone
-                        ref_passes[j].append(time_call(ref_runs[j], **timing))
+                        ref_times[j] = ref_samples
+                    elif not ref_times[j]:   # no peer was timed: time it alone
+                        ref_times[j].append(time_call(ref_runs[j], **timing))
             finally:
                 for proc in procs:
                     proc.close()
     rows = []
     for j in range(len(jobs)):
         ref_row = table[j, reference.name]
-        ref_row.median_s = ref_row.ref_s = statistics.median(ref_passes[j])
+        ref_row.median_s = ref_row.ref_s = statistics.median(ref_times[j])
         rows.append(ref_row)
         for b in peers:
             row = table[j, b.name]

@@ -41,26 +41,15 @@ __all__ = ["two_moons", "rings", "banana", "gaussian_mixture",
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _check_float(value, name):
-    """``value`` as a finite float; a 0-d real array counts as a number.
-
-    ``float(value)`` alone would let NaN through and, for a string, raise a
-    ValueError that does not name the parameter.
-    """
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
-        value = value[()]
-    return check_finite_float(value, name)
-
-
 def _check_noise(noise, name="noise"):
-    noise = _check_float(noise, name)
+    noise = check_finite_float(noise, name)
     if not noise >= 0.0:
         raise ValueError(f"{name} must be a finite number >= 0, got {noise}")
     return noise
 
 
 def _check_scale(value, name):
-    value = _check_float(value, name)
+    value = check_finite_float(value, name)
     if not value > 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return value
@@ -175,7 +164,7 @@ def banana(n, rng=None, noise=0.5, curvature=1.0):
     """
     n = _check_n(n)
     noise = _check_scale(noise, "noise")
-    curvature = _check_float(curvature, "curvature")
+    curvature = check_finite_float(curvature, "curvature")
     e = check_rng(rng).standard_normal((n, 2))
     x = np.empty((n, 2))
     x[:, 0] = e[:, 0]
@@ -216,7 +205,7 @@ def banana_log_density(x, noise=0.5, curvature=1.0):
     """
     x, single = _as_rows(x, 2)
     s = _check_scale(noise, "noise")
-    c = _check_float(curvature, "curvature")
+    c = check_finite_float(curvature, "curvature")
     x1, x2 = x[:, 0], x[:, 1]
     resid = x2 - c * (x1 * x1 - 1.0)
     values = -0.5 * x1 * x1 - 0.5 * (resid / s) ** 2 - math.log(s) - _LOG_2PI

@@ -148,20 +148,19 @@ def _check_data(data, name, flow):
                          f"got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one point, got shape {arr.shape}")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        row = int(np.nonzero(bad.any(axis=1))[0][0])
-        kind = "NaN" if np.isnan(arr).any() else "inf"
-        raise ValueError(f"{name} must be finite; found {kind} values in {int(bad.any(axis=1).sum())} "
-                         f"row(s), the first in row {row}")
-    # Finite data can still overflow the flow's dtype (1e300 in float32).
+    # Checked after the cast: finite data can still overflow the flow's dtype
+    # (1e300 in float32).
     with np.errstate(over="ignore"):
         converted = np.ascontiguousarray(arr, dtype=flow.dtype)
     bad = ~np.isfinite(converted).all(axis=1)
     if bad.any():
-        row = int(np.nonzero(bad)[0][0])
-        raise ValueError(f"{name} must be finite in {flow.dtype}; {int(bad.sum())} row(s) overflow "
-                         f"it, the first row {row}")
+        row, count = int(np.nonzero(bad)[0][0]), int(bad.sum())
+        if np.isfinite(arr).all():
+            raise ValueError(f"{name} must be finite in {flow.dtype}; {count} row(s) overflow "
+                             f"it, the first row {row}")
+        kind = "NaN" if np.isnan(arr).any() else "inf"
+        raise ValueError(f"{name} must be finite; found {kind} values in {count} row(s), the "
+                         f"first in row {row}")
     return converted
 
 

@@ -129,12 +129,9 @@ class Flow:
                 return res
         z, single = as_points(z, "z", self.dim, self.dtype, self.device)
         x, log_det = self._outputs(out, single, z.shape[0])
-        outs = (x, log_det)
         if out is not None:
-            z = separate(z, outs, alias=x)
-            x, log_det = apart_from(self._params, outs)
+            z = separate(z, (x, log_det), alias=x)
         self._kernels()._forward(z, x, log_det)
-        copy_back(outs, (x, log_det))
         return self._result(single, x, log_det, out)
 
     def inverse(self, x, *, out=None):
@@ -157,12 +154,9 @@ class Flow:
                 return res
         x, single = as_points(x, "x", self.dim, self.dtype, self.device)
         z, log_det = self._outputs(out, single, x.shape[0])
-        outs = (z, log_det)
         if out is not None:
-            x = separate(x, outs, alias=z)
-            z, log_det = apart_from(self._params, outs)
+            x = separate(x, (z, log_det), alias=z)
         self._kernels()._inverse(x, z, log_det)
-        copy_back(outs, (z, log_det))
         return self._result(single, z, log_det, out)
 
     def backward(self, z, grad_x, grad_log_det, *, out=None):
@@ -188,13 +182,11 @@ class Flow:
         grad_x = as_cotangent(grad_x, "grad_x", z.shape, self.dtype, self.device)
         grad_log_det = as_grad_log_det(grad_log_det, z.shape[0], self.dtype, single, self.device)
         grad_z, grad_params = self._grad_outputs(out, single, z.shape[0])
-        outs = (grad_z, grad_params)
         if out is not None:
+            outs = (grad_z, grad_params)
             z, grad_log_det = separate(z, outs), separate(grad_log_det, outs)
             grad_x = separate(grad_x, outs, alias=grad_z)
-            grad_z, grad_params = apart_from(self._params, outs)
         self._kernels()._backward(z, grad_x, grad_log_det, grad_z, grad_params)
-        copy_back(outs, (grad_z, grad_params))
         return self._grad_result(single, grad_z, grad_params, out)
 
     def inverse_backward(self, x, grad_z, grad_log_det, *, out=None):
@@ -218,13 +210,11 @@ class Flow:
         grad_z = as_cotangent(grad_z, "grad_z", x.shape, self.dtype, self.device)
         grad_log_det = as_grad_log_det(grad_log_det, x.shape[0], self.dtype, single, self.device)
         grad_x, grad_params = self._grad_outputs(out, single, x.shape[0])
-        outs = (grad_x, grad_params)
         if out is not None:
+            outs = (grad_x, grad_params)
             x, grad_log_det = separate(x, outs), separate(grad_log_det, outs)
             grad_z = separate(grad_z, outs, alias=grad_x)
-            grad_x, grad_params = apart_from(self._params, outs)
         self._kernels()._inverse_backward(x, grad_z, grad_log_det, grad_x, grad_params)
-        copy_back(outs, (grad_x, grad_params))
         return self._grad_result(single, grad_x, grad_params, out)
 
     def quadratic_loss_and_grad(self, v, sq_weight=1.0, log_det_weight=1.0, *, inverse=False,
@@ -267,13 +257,10 @@ class Flow:
         sq_weight = check_finite_float(sq_weight, "sq_weight")
         log_det_weight = check_finite_float(log_det_weight, "log_det_weight")
         grad_v, grad_params = self._grad_outputs(out, single, v.shape[0])
-        outs = (grad_v, grad_params)
         if out is not None:
-            v = separate(v, outs)
-            grad_v, grad_params = apart_from(self._params, outs)
+            v = separate(v, (grad_v, grad_params))
         sum_sq, sum_ld = quadratic_vjp(self._kernels(), bool(inverse), v, sq_weight,
                                        log_det_weight, grad_v, grad_params)
-        copy_back(outs, (grad_v, grad_params))
         loss = 0.5 * sq_weight * sum_sq + log_det_weight * sum_ld
         return (loss,) + self._grad_result(single, grad_v, grad_params, out)
 
@@ -366,26 +353,40 @@ class Flow:
         """What runs the four maps: the flow itself, or its CUDA engine."""
         return self if self._gpu is None else self._gpu
 
+    # The arrays the kernels write: fresh ones, or the out= arrays (for one
+    # point as rows), except that an out= array that may share memory with
+    # the parameters, which the kernels read while they write (a planar
+    # layer's VJP reads w while it sums dL/dw), is replaced by a fresh one;
+    # _result and _grad_result copy it in.
     def _outputs(self, out, single, n):
-        if out is None and self.device == "cpu":
-            return np.empty((n, self.dim), self.dtype), np.empty(n, self.dtype)
-        if single and out is not None:
+        if out is None:
+            return check_out(out, [(n, self.dim), (n,)], self.dtype, self.device)
+        if single:
             out = check_out(out, [(self.dim,), ()], self.dtype, self.device)
-            return out[0].reshape(1, self.dim), out[1].reshape(1)
-        return check_out(out, [(n, self.dim), (n,)], self.dtype, self.device)
+            return self._apart(out[0].reshape(1, self.dim), out[1].reshape(1))
+        return self._apart(*check_out(out, [(n, self.dim), (n,)], self.dtype, self.device))
 
     def _grad_outputs(self, out, single, n):
-        if single and out is not None:
+        if out is None:
+            return check_out(out, [(n, self.dim), (self.num_params,)], self.dtype, self.device)
+        if single:
             out = check_out(out, [(self.dim,), (self.num_params,)], self.dtype, self.device)
-            return out[0].reshape(1, self.dim), out[1]
-        return check_out(out, [(n, self.dim), (self.num_params,)], self.dtype, self.device)
+            return self._apart(out[0].reshape(1, self.dim), out[1])
+        return self._apart(*check_out(out, [(n, self.dim), (self.num_params,)], self.dtype,
+                                      self.device))
+
+    def _apart(self, *arrays):
+        xp = np if self.device == "cpu" else array_module(self.device)
+        return tuple(xp.empty_like(a) if xp.may_share_memory(a, self._params) else a
+                     for a in arrays)
 
     @staticmethod
     def _result(single, points, log_det, out):
         # The out= arrays themselves where given (for one point, points and
-        # log_det are views into them), else the row of one point.
+        # log_det are views into them, or fresh arrays: _apart), else the
+        # row of one point.
         if out is not None:
-            return tuple(out)
+            return filled(out, (points, log_det))
         if single:
             return points[0], log_det.reshape(())
         return points, log_det
@@ -393,7 +394,7 @@ class Flow:
     @staticmethod
     def _grad_result(single, grad_points, grad_params, out):
         if out is not None:
-            return tuple(out)
+            return filled(out, (grad_points, grad_params))
         return (grad_points[0] if single else grad_points), grad_params
 
 
@@ -413,22 +414,15 @@ def separate(a, outs, alias=None):
     return a
 
 
-def apart_from(params, outs):
-    """The arrays for the kernels to write in place of the ``out=`` arrays
-    ``outs``: a fresh one for each that may share memory with the flow's
-    ``params``, which the kernels read while they write (a planar layer's VJP
-    reads w while it sums dL/dw into grad_params); ``copy_back`` then fills
-    ``outs`` from them.
-    """
-    xp = np if isinstance(params, np.ndarray) else array_module("cuda")
-    return tuple(xp.empty_like(o) if xp.may_share_memory(o, params) else o for o in outs)
-
-
-def copy_back(outs, written):
-    """Copy each array the kernels wrote in place of an ``out=`` array into it."""
-    for o, w in zip(outs, written):
-        if w is not o:
-            o[...] = w
+def filled(out, written):
+    """The ``out=`` arrays as a tuple, each filled from the array the kernels
+    wrote for it where that was a fresh one (``Flow._apart``) rather than the
+    array itself or a view into it."""
+    for o, w in zip(out, written):
+        xp = np if isinstance(o, np.ndarray) else array_module("cuda")
+        if not xp.may_share_memory(o, w):
+            o[...] = w.reshape(o.shape)
+    return tuple(out)
 
 
 def same_elements(a, b):
