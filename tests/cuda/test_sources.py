@@ -41,7 +41,7 @@ def test_every_cuda_source_is_loaded_by_a_driver():
 
 def test_package_works_without_a_gpu():
     if pf.cuda_available():
-        pytest.skip("a GPU is present")
+        pytest.skip("a GPU (or the CUDA emulator) is present")
     flow = pf.Planar(3, rng=0)
     with pytest.raises(RuntimeError, match="cuda"):
         flow.to("cuda")
