@@ -120,3 +120,24 @@ def test_device_arrays_are_not_numpy_arrays():
         a + np.ones(6)
     assert isinstance(a.sum(), cp.ndarray) and float(a.sum()) == 15.0
     assert cp.may_share_memory(a, a[2:]) and not cp.may_share_memory(a, a.copy())
+
+
+def test_gpu_bench_runs_end_to_end(tmp_path):
+    # The device session's benchmark script, on small batches: it must not
+    # spend a device run failing.
+    import types
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_bench.py"
+    if not path.exists():
+        pytest.skip("needs a source checkout (benchmarks/)")
+    gpu_bench = types.ModuleType("gpu_bench")
+    exec(compile(path.read_text(), str(path), "exec"), gpu_bench.__dict__)
+    out = tmp_path / "gpu.md"
+    gpu_bench.main([str(out), "--n", "3000", "--n-realnvp", "700", "--repeat", "1"])
+    text = out.read_text()
+    assert "device: pyflowcore CUDA emulator" in text
+    for flow in gpu_bench.make_flows(16, "float64"):
+        for dtype in ("float32", "float64"):
+            for method in ("forward", "inverse", "backward"):
+                assert f"| {flow} | {dtype} | {method} |" in text
+    assert text.count("| pyflowcore (CUDA kernels) |") == 4

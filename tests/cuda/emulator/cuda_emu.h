@@ -6,7 +6,7 @@
  * reductions, grid-stride loops, argument lists.  This header lets g++ compile
  * a .cu source unchanged and run its kernels with CUDA's execution model:
  *
- * - every thread of a block is a fiber (ucontext) with its own stack, so a
+ * - every thread of a block is a fiber with its own stack, so a
  *   thread's locals live across __syncthreads as on the device;
  * - __syncthreads() parks the fiber until every thread of the block has
  *   reached a barrier; __shfl_down_sync parks it until all 32 lanes of its
@@ -30,6 +30,7 @@
 #ifndef PFC_CUDA_EMU_H
 #define PFC_CUDA_EMU_H
 
+#include <setjmp.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -64,14 +65,21 @@ constexpr std::size_t kPage = 4096;
 
 enum class State { Runnable, AtSync, AtWarp, Done };
 
+/* A fiber starts through makecontext/swapcontext; after that it and the
+ * scheduler switch with _setjmp/_longjmp, which (unlike swapcontext) do not
+ * save the signal mask with a system call: the VJP kernels switch fibers
+ * hundreds of thousands of times per launch. */
 struct Fiber {
     ucontext_t ctx;
+    jmp_buf jump;
+    bool started;
     State state;
     unsigned char slot[16];  // the value a lane offers to a shuffle
 };
 
 struct Machine {
     ucontext_t scheduler;
+    jmp_buf scheduler_jump;
     Fiber fibers[kMaxThreads];
     int nthreads = 0;
     int current = 0;
@@ -92,12 +100,13 @@ inline Fiber& self() { return machine.fibers[machine.current]; }
 inline void park(State s) {
     Fiber& f = self();
     f.state = s;
-    swapcontext(&f.ctx, &machine.scheduler);
+    if (!_setjmp(f.jump)) _longjmp(machine.scheduler_jump, 1);
 }
 
 inline void fiber_entry() {
     machine.body(machine.body_arg);
     self().state = State::Done;
+    _longjmp(machine.scheduler_jump, 1);  // never returns through uc_link
 }
 
 }  // namespace pfc_emu
@@ -147,8 +156,9 @@ inline void run_block(int nthreads) {
         getcontext(&f.ctx);
         f.ctx.uc_stack.ss_sp = machine.stacks + t * (kStackBytes + kPage) + kPage;
         f.ctx.uc_stack.ss_size = kStackBytes;
-        f.ctx.uc_link = &machine.scheduler;
+        f.ctx.uc_link = nullptr;
         makecontext(&f.ctx, fiber_entry, 0);
+        f.started = false;
         f.state = State::Runnable;
     }
     for (;;) {
@@ -159,7 +169,11 @@ inline void run_block(int nthreads) {
             threadIdx = {static_cast<unsigned>(t) % blockDim.x,
                          static_cast<unsigned>(t) / blockDim.x % blockDim.y,
                          static_cast<unsigned>(t) / (blockDim.x * blockDim.y)};
-            swapcontext(&machine.scheduler, &f.ctx);
+            if (!_setjmp(machine.scheduler_jump)) {
+                if (f.started) _longjmp(f.jump, 1);
+                f.started = true;
+                swapcontext(&machine.scheduler, &f.ctx);
+            }
             if (!machine.error.empty()) return;
         }
         // Every fiber is parked or done.  Warps whose lanes all wait at a

@@ -1,6 +1,7 @@
 """``cupy.cuda`` of the emulator: one device with a single multiprocessor, so
 that the kernels' grids are small and their grid-stride loops take many passes."""
 
+import time
 import types
 
 runtime = types.SimpleNamespace(
@@ -23,3 +24,21 @@ class Device:
 
     def synchronize(self):
         pass
+
+
+class Event:
+    """A timestamp taken when recorded (kernels run synchronously here)."""
+
+    def __init__(self, *args, **kwargs):
+        self._t = None
+
+    def record(self, stream=None):
+        self._t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def get_elapsed_time(start, stop):
+    """Milliseconds between two recorded events."""
+    return (stop._t - start._t) * 1e3
