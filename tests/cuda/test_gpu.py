@@ -369,6 +369,29 @@ def test_large_batch(dtype):
         close(gp, cpu.backward(cp.asnumpy(z), np.ones((n, 2)), 1.0)[1], 1e-10)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: pf.Chain([pf.Planar(64, rng=0), pf.Radial(64, rng=1), pf.ElementwiseScale(64)]),
+    lambda: pf.Chain([pf.Planar(200, rng=0), pf.Shift(200)]),
+    lambda: pf.CholeskyProduct(20),
+], ids=["rowwise-64", "rowwise-200", "cholesky-20"])
+def test_rows_too_wide_for_shared_memory_match_cpu(make):
+    # The thread regions leave shared memory for the global scratch buffer
+    # (64: the VJPs' regions; 200 and the 210 entries of n = 20: all of them).
+    cpu = make()
+    if cpu.num_params:
+        cpu.params[:] = np.random.default_rng(0).uniform(-0.3, 0.3, cpu.num_params)
+    gpu = make().set_params(cpu.params).to("cuda")
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((300, cpu.dim)) * 0.5
+    x = cpu.forward(z)[0]
+    g, gld = rng.standard_normal(z.shape), rng.standard_normal(300)
+    for name, args in (("forward", (z,)), ("inverse", (x,)), ("backward", (z, g, gld)),
+                       ("inverse_backward", (x, g, gld))):
+        for got, want in zip(getattr(gpu, name)(*map(cp.asarray, args)),
+                             getattr(cpu, name)(*args)):
+            close(got, want, 1e-11)
+
+
 def test_chain_of_many_planar_layers_matches_cpu():
     # Enough layers that the work coefficients and accumulators leave shared memory.
     dim, K = 24, 40

@@ -289,7 +289,9 @@ class RawModule:
         if self._lib is not None:
             return
         source = self._source()
-        digest = hashlib.sha256(source.encode())
+        # e.g. "-fsanitize=address" (then run Python with libasan preloaded)
+        extra = os.environ.get("PYFLOWCORE_CUDA_EMULATOR_CXXFLAGS", "").split()
+        digest = hashlib.sha256("\0".join([source, *extra]).encode())
         for d in [str(_EMU_HEADER.parent)] + self._includes:
             for p in sorted(Path(d).glob("*.h")) + sorted(Path(d).glob("*.cuh")):
                 digest.update(p.name.encode() + p.read_bytes())
@@ -301,7 +303,8 @@ class RawModule:
                 cpp.write_text(source)
                 tmp = stem.with_suffix(f".{os.getpid()}.so")
                 cmd = [os.environ.get("CXX", "g++"), "-std=c++17", "-O1", "-shared", "-fPIC",
-                       "-fno-strict-aliasing", "-U_FORTIFY_SOURCE", *(f"-I{d}" for d in self._includes),
+                       "-fno-strict-aliasing", "-U_FORTIFY_SOURCE", *extra,
+                       *(f"-I{d}" for d in self._includes),
                        "-o", str(tmp), str(cpp)]
                 run = subprocess.run(cmd, capture_output=True, text=True)
                 if run.returncode != 0:
