@@ -1,6 +1,9 @@
 """Checks of the GPU engine that need neither CuPy nor a GPU."""
 
+import os
 import re
+import shutil
+import subprocess
 import types
 from pathlib import Path
 
@@ -33,6 +36,25 @@ def test_every_kernel_the_drivers_load_is_defined_and_instantiated(source):
         assert re.search(rf"pfc::{name}<T>\(", text), name
     for name in _module.PLAIN.get(source, ()):
         assert re.search(rf"__global__ void {name}\(", text), name
+
+
+@pytest.mark.parametrize("source", sorted(_module.KERNELS))
+def test_sources_need_no_system_header_under_nvrtc(source):
+    # CuPy compiles the sources with NVRTC, which has no system headers (CI's
+    # nvcc build has them): preprocessed as NVRTC sees them, the sources must
+    # reach none.
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("needs a C++ preprocessor")
+    run = subprocess.run([cxx, "-E", "-x", "c++", "-std=c++17", "-nostdinc", "-D__CUDACC_RTC__",
+                          f"-I{CSRC}", str(CSRC / f"{source}.cu"), "-o", os.devnull],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    # ... and the check sees a system header where there is one (the host side).
+    host = subprocess.run([cxx, "-E", "-x", "c++", "-std=c++17", "-nostdinc", f"-I{CSRC}",
+                           str(CSRC / f"{source}.cu"), "-o", os.devnull],
+                          capture_output=True, text=True)
+    assert host.returncode != 0 and "math.h" in host.stderr
 
 
 def test_every_cuda_source_is_loaded_by_a_driver():
