@@ -48,6 +48,17 @@ def csrc_dir():
                        + ", ".join(str(p) for p in _CANDIDATES) + "); reinstall the package")
 
 
+def module_source(source):
+    """What NVRTC compiles for ``csrc/source.cu``: the code, the compiler
+    options and the name expressions of its kernels (both types of each
+    template)."""
+    root = csrc_dir()
+    code = (root / f"{source}.cu").read_text()
+    names = [f"pfc::{k}<{t}>" for k in KERNELS[source] for t in ("float", "double")]
+    names += [f"pfc::{k}" for k in PLAIN.get(source, ())]
+    return code, ("-std=c++17", f"-I{root}"), names
+
+
 def _module(source, device_id):
     import cupy
     key = (source, device_id)
@@ -56,12 +67,8 @@ def _module(source, device_id):
         with _lock:
             mod = _modules.get(key)
             if mod is None:
-                root = csrc_dir()
-                code = (root / f"{source}.cu").read_text()
-                names = [f"pfc::{k}<{t}>" for k in KERNELS[source] for t in ("float", "double")]
-                names += [f"pfc::{k}" for k in PLAIN.get(source, ())]
-                mod = cupy.RawModule(code=code, options=("-std=c++17", f"-I{root}"),
-                                     name_expressions=names)
+                code, options, names = module_source(source)
+                mod = cupy.RawModule(code=code, options=options, name_expressions=names)
                 mod.compile()
                 _modules[key] = mod
     return mod
