@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU engine's whole check in one command, for a machine with an NVIDIA
 # GPU, CuPy, Cython, NumPy and SciPy (and, for the peers, PyTorch with
-# CUDA): build the extensions for that machine's Python, run the GPU tests,
-# then the GPU benchmark.  The records -- environment, build log, test
+# CUDA): build the extensions for that machine's Python (unless carried in,
+# built by benchmarks/build_for_device.sh), run the GPU tests, then the GPU
+# benchmark.  The records -- environment, build log, test
 # output, benchmark table, each named with the date -- go to $OUT when it is
 # set (a device run) or benchmarks/results/ otherwise; commit them there.
 #
@@ -19,7 +20,12 @@ print('Python', sys.version.split()[0], '| CuPy', cupy.__version__, '| NumPy', n
       '| SciPy', scipy.__version__, '| Cython', Cython.__version__)"
 } > "$dest/gpu-$day-env.txt" 2>&1
 cat "$dest/gpu-$day-env.txt"
-if ! python3 setup.py build_ext --inplace -j "$(nproc)" > "$dest/gpu-$day-build.log" 2>&1; then
+# Extensions built beforehand for this Python (benchmarks/build_for_device.sh)
+# and carried here are used as they are; otherwise build them.
+if python3 -c "import pyflowcore._kernels.rowwise, pyflowcore._kernels.realnvp, \
+pyflowcore._kernels.cholesky, pyflowcore._kernels.vmath" 2> /dev/null; then
+    echo "extensions built beforehand: $(ls pyflowcore/_kernels/*.so)" > "$dest/gpu-$day-build.log"
+elif ! python3 setup.py build_ext --inplace -j "$(nproc)" > "$dest/gpu-$day-build.log" 2>&1; then
     tail -40 "$dest/gpu-$day-build.log"
     exit 1
 fi
