@@ -392,6 +392,35 @@ def test_rows_too_wide_for_shared_memory_match_cpu(make):
             close(got, want, 1e-11)
 
 
+@pytest.mark.parametrize("flow_kind", ["chain", "realnvp"])
+def test_drivers_memory_caps_match_cpu(flow_kind, monkeypatch):
+    # The caps that split big batches, made tiny: the chain VJP's grid shrinks
+    # to one block (its stack of layer inputs over budget) and Real NVP runs
+    # in chunks of 1024 rows, accumulating parameter gradients over chunks.
+    import pyflowcore.cuda.chain
+    import pyflowcore.cuda.realnvp
+    monkeypatch.setattr(pyflowcore.cuda.chain, "STACK_BUDGET", 1)
+    monkeypatch.setattr(pyflowcore.cuda.realnvp, "CHUNK_BYTES", 1)
+    dim = 3
+    if flow_kind == "chain":
+        def make():
+            return pf.Chain([pf.Planar(dim, rng=0), pf.Radial(dim, rng=1), pf.Planar(dim, rng=2)])
+    else:
+        def make():
+            return pf.RealNVP(dim, num_masks=4, units=5, rng=0)
+    cpu = make()
+    gpu = make().set_params(cpu.params).to("cuda")
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((2500, dim))
+    x = cpu.forward(z)[0]
+    g, gld = rng.standard_normal(z.shape), rng.standard_normal(len(z))
+    for name, args in (("forward", (z,)), ("inverse", (x,)), ("backward", (z, g, gld)),
+                       ("inverse_backward", (x, g, gld))):
+        for got, want in zip(getattr(gpu, name)(*map(cp.asarray, args)),
+                             getattr(cpu, name)(*args)):
+            close(got, want, 1e-11)
+
+
 def test_chain_of_many_planar_layers_matches_cpu():
     # Enough layers that the work coefficients and accumulators leave shared memory.
     dim, K = 24, 40
