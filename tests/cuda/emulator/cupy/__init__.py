@@ -281,7 +281,7 @@ class RawModule:
 
     def _source(self):
         table = "".join(f"    PFC_EMU_KERNEL({n})\n" for n in self._names)
-        return (f'#include "{_EMU_HEADER}"\n#line 1 "kernel.cu"\n{self._code}\n'
+        return (f'#include "{_EMU_HEADER}"\n{self._code}\n'
                 f"static const pfc_emu::Kernel pfc_emu_kernels[] = {{\n{table}}};\n"
                 "PFC_EMU_LAUNCHER\n")
 
