@@ -54,6 +54,10 @@ def _wrong_device(name, a, device):
                      f"{kind}; move the data with cupy.asarray or the flow with .to('cpu')")
 
 
+# The kernels index the entries of a row with 32-bit ints (C and CUDA alike).
+MAX_DIM = 2 ** 31 - 1
+
+
 def check_positive_int(value, name, minimum=1):
     """Return ``value`` as an int ``>= minimum``; booleans and floats are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
@@ -61,6 +65,15 @@ def check_positive_int(value, name, minimum=1):
     value = operator.index(value)
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_dim(value, name="dim", minimum=1):
+    """``check_positive_int`` for a row's length, which is also at most ``MAX_DIM``."""
+    value = check_positive_int(value, name, minimum)
+    if value > MAX_DIM:
+        raise ValueError(f"{name} must be at most 2**31 - 1 (rows are indexed with 32-bit "
+                         f"integers), got {value}")
     return value
 
 

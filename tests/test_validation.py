@@ -21,10 +21,17 @@ def test_bad_dtype(dtype):
 @pytest.mark.parametrize("cls", [pf.Shift, pf.ElementwiseScale, pf.Planar, pf.Radial, pf.RealNVP])
 @pytest.mark.parametrize("dim, exc", [(0, ValueError), (-1, ValueError), (2.5, TypeError),
                                       (True, TypeError), ("3", TypeError), (None, TypeError),
-                                      ([3], TypeError)])
+                                      ([3], TypeError), (2 ** 31, ValueError),
+                                      (np.int64(2 ** 40), ValueError)])
 def test_bad_dim(cls, dim, exc):
     with pytest.raises(exc, match="dim"):
         cls(dim)
+
+
+def test_cholesky_dim_too_large_for_the_kernels():
+    assert pf.CholeskyProduct(65535).dim == 2 ** 31 - 2 ** 15
+    with pytest.raises(ValueError, match=r"at most 2\*\*31 - 1"):
+        pf.CholeskyProduct(65536)
 
 
 @pytest.mark.parametrize("make", [lambda rng: pf.Shift(2, rng=rng),

@@ -24,7 +24,7 @@ import numpy as np
 
 from pyflowcore._validation import (
     array_module, as_cotangent, as_grad_log_det, as_points, as_real_array, check_dtype,
-    check_finite_float, check_out, check_positive_int, check_rng)
+    check_dim, check_finite_float, check_out, check_positive_int, check_rng)
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -73,7 +73,7 @@ class Flow:
     _inverse_fast = None
 
     def __init__(self, dim, num_params, dtype="float64"):
-        self.dim = check_positive_int(dim, "dim")
+        self.dim = check_dim(dim)
         self.dtype = check_dtype(dtype)
         self._params = np.zeros(num_params, dtype=self.dtype)
 

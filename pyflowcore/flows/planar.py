@@ -1,6 +1,6 @@
 """The planar flow."""
 
-from pyflowcore._validation import check_positive_int, check_rng
+from pyflowcore._validation import check_dim, check_rng
 from pyflowcore.flows._base import glorot_uniform
 from pyflowcore.flows._rowwise import RowwiseFlow
 
@@ -79,7 +79,7 @@ class Planar(RowwiseFlow):
     _row_kind = "planar"
 
     def __init__(self, dim, *, dtype="float64", rng=None):
-        dim = check_positive_int(dim, "dim")
+        dim = check_dim(dim)
         rng = check_rng(rng)
         super().__init__(dim, 2 * dim + 1, dtype)
         self._params[self.dim:2 * self.dim] = glorot_uniform(rng, (self.dim,), self.dim, 1,

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pyflowcore._validation import check_positive_int, check_rng
+from pyflowcore._validation import check_dim, check_rng
 from pyflowcore.flows._base import glorot_uniform
 from pyflowcore.flows._rowwise import RowwiseFlow
 
@@ -55,7 +55,7 @@ class Radial(RowwiseFlow):
     _row_kind = "radial"
 
     def __init__(self, dim, *, dtype="float64", rng=None):
-        dim = check_positive_int(dim, "dim")
+        dim = check_dim(dim)
         rng = check_rng(rng)
         super().__init__(dim, dim + 2, dtype)
         self._params[0] = glorot_uniform(rng, (), 1, 1, self.dtype)

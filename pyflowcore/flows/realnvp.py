@@ -4,7 +4,7 @@ import numpy as np
 
 from pyflowcore._kernels import realnvp as _k
 from pyflowcore._memory import aligned_empty
-from pyflowcore._validation import check_positive_int, check_rng
+from pyflowcore._validation import check_dim, check_positive_int, check_rng
 from pyflowcore.flows._base import Flow, glorot_uniform
 
 
@@ -56,7 +56,7 @@ def realnvp_masks(dim, num_masks):
            [1, 0, 1, 0, 1],
            [0, 1, 0, 1, 0]], dtype=uint8)
     """
-    dim = check_positive_int(dim, "dim", minimum=2)
+    dim = check_dim(dim, minimum=2)
     num_masks = _check_num_masks(num_masks)
     cols = np.arange(dim)
     masks = np.empty((num_masks, dim), dtype=np.uint8)
@@ -134,7 +134,7 @@ class RealNVP(Flow):
     """
 
     def __init__(self, dim, num_masks=2, num_layers=1, units=32, *, dtype="float64", rng=None):
-        dim = check_positive_int(dim, "dim", minimum=2)
+        dim = check_dim(dim, minimum=2)
         num_masks = _check_num_masks(num_masks)
         num_layers = check_positive_int(num_layers, "num_layers")
         units = check_positive_int(units, "units")
