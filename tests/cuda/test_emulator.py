@@ -39,6 +39,12 @@ __global__ void mirror(const int* x, int* out) {
     __syncthreads();
     out[threadIdx.x] = sm[blockDim.x - 1 - threadIdx.x];
 }
+/* A race: the neighbour's value is read with no barrier after its write. */
+__global__ void racy_neighbour(const double* x, double* out) {
+    double* sm = cuda::shared_array<double>();
+    sm[threadIdx.x] = x[threadIdx.x];
+    out[threadIdx.x] = threadIdx.x > 0 ? sm[threadIdx.x - 1] : 0.0;
+}
 __global__ void divergent_barrier(int* out) {
     if (threadIdx.x < 5) __syncthreads();
     out[threadIdx.x] = 1;
@@ -57,7 +63,7 @@ __global__ void unwritten_shared_memory(double* out) {
 }
 }
 """
-NAMES = ["pfc::block_sum<float>", "pfc::block_sum<double>", "pfc::mirror",
+NAMES = ["pfc::block_sum<float>", "pfc::block_sum<double>", "pfc::mirror", "pfc::racy_neighbour",
          "pfc::divergent_barrier", "pfc::divergent_shuffle", "pfc::past_shared_memory",
          "pfc::unwritten_shared_memory"]
 
@@ -84,6 +90,20 @@ def test_shared_memory_is_shared_within_a_block(module):
     out = cp.zeros(96, dtype=np.int32)
     module.get_function("pfc::mirror")((1,), (96,), (x, out), shared_mem=96 * 4)
     np.testing.assert_array_equal(cp.asnumpy(out), np.arange(96)[::-1])
+
+
+def test_a_race_changes_the_result_between_launches(module):
+    # Threads run in increasing order in one launch and decreasing in the
+    # next: the racy kernel reads its neighbour's value in one, and the NaN of
+    # unwritten shared memory in the other.
+    x = cp.asarray(np.arange(64.0))
+    outs = []
+    for _ in range(2):
+        out = cp.zeros(64)
+        module.get_function("pfc::racy_neighbour")((1,), (64,), (x, out), shared_mem=64 * 8)
+        outs.append(cp.asnumpy(out)[1:])
+    assert sum(np.isnan(o).all() for o in outs) == 1
+    assert any(np.array_equal(o, np.arange(63.0)) for o in outs)
 
 
 @pytest.mark.parametrize("name,args,smem,message", [

@@ -12,6 +12,9 @@
  *   reached a barrier; __shfl_down_sync parks it until all 32 lanes of its
  *   warp have posted their value.  A barrier that not every thread (or lane)
  *   reaches is reported as an error instead of hanging;
+ * - between barriers a block's threads run one at a time, in increasing
+ *   order in one block and decreasing in the next (alternating by launch
+ *   too), so that a race -- a result that depends on the order -- shows;
  * - blocks run one after another, each on freshly poisoned shared memory
  *   (every byte 0xFF, a NaN in float and double) so that reading a value no
  *   thread wrote shows up in the results; a write past the launch's dynamic
@@ -148,8 +151,10 @@ inline bool allocate_stacks() {
     return true;
 }
 
-/* Run one block to completion (or to the first error). */
-inline void run_block(int nthreads) {
+/* Run one block to completion (or to the first error).  Between barriers the
+ * threads run one after another, in increasing order or, when `reverse`, in
+ * decreasing order: a result that depends on the order is a race. */
+inline void run_block(int nthreads, bool reverse) {
     machine.nthreads = nthreads;
     for (int t = 0; t < nthreads; ++t) {
         Fiber& f = machine.fibers[t];
@@ -162,7 +167,8 @@ inline void run_block(int nthreads) {
         f.state = State::Runnable;
     }
     for (;;) {
-        for (int t = 0; t < nthreads; ++t) {
+        for (int i = 0; i < nthreads; ++i) {
+            const int t = reverse ? nthreads - 1 - i : i;
             Fiber& f = machine.fibers[t];
             if (f.state != State::Runnable) continue;
             machine.current = t;
@@ -304,6 +310,8 @@ inline int launch(const Kernel* table, std::size_t count, unsigned char* smem_ar
                   const char* name, const unsigned* grid, const unsigned* block,
                   unsigned long long smem, int nargs, void** args, const char* kinds,
                   const int* sizes, char* err, int errlen) {
+    static unsigned long long launches = 0;
+    ++launches;
     machine.error.clear();
     const Kernel* kernel = nullptr;
     for (std::size_t i = 0; i < count; ++i) {
@@ -336,7 +344,9 @@ inline int launch(const Kernel* table, std::size_t count, unsigned char* smem_ar
                 for (unsigned x = 0; x < grid[0] && e.empty(); ++x) {
                     blockIdx = {x, y, z};
                     std::memset(smem_area, 0xFF, area);
-                    run_block(static_cast<int>(threads));
+                    // Alternate the order by launch and block, so that the
+                    // tests' repeated runs (determinism, agreement) see both.
+                    run_block(static_cast<int>(threads), (launches + x + y + z) % 2 == 1);
                     e = machine.error;
                     for (std::size_t b = smem; b < area && e.empty(); ++b) {
                         if (smem_area[b] != 0xFF) {
