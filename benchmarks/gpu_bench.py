@@ -213,14 +213,16 @@ def main(argv=None):
 
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
     device = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    copy_bw = copy_bandwidth(args.repeat)
-    flow_rows = bench_flows(args.n, args.dim, args.repeat, copy_bw)
-    chain_rows, has_torch = bench_vs_torch(planar_chain(args.dim), ("planar", 16), args.n,
-                                           args.repeat)
-    nvp_rows, _ = bench_vs_torch(realnvp_8x2x64(args.dim), ("realnvp", 8, 2, 64), args.n_realnvp,
-                                 args.repeat)
+    lines = []
 
-    lines = [
+    def write(*new_lines):
+        # After every section, so that a run cut short keeps what it measured.
+        lines.extend(new_lines)
+        Path(args.output).write_text("\n".join(lines) + "\n")
+        print("\n".join(new_lines), flush=True)
+
+    copy_bw = copy_bandwidth(args.repeat)
+    write(
         "# pyflowcore GPU benchmark",
         "",
         f"- device: {device}",
@@ -235,25 +237,26 @@ def main(argv=None):
         "",
         "| flow | dtype | method | time (ms) | GB/s | fraction of copy |",
         "|---|---|---|---:|---:|---:|",
-    ]
-    for name, dtype, method, ms, gbs, frac in flow_rows:
-        lines.append(f"| {name} | {dtype} | {method} | {ms:.3f} | {gbs:.1f} | {frac:.2f} |")
-    for title, rows in (
+    )
+    write(*(f"| {name} | {dtype} | {method} | {ms:.3f} | {gbs:.1f} | {frac:.2f} |"
+            for name, dtype, method, ms, gbs, frac in bench_flows(args.n, args.dim, args.repeat,
+                                                                 copy_bw)))
+    has_torch = False
+    for title, make_flow, spec, n in (
             (f"16-layer planar chain, forward + backward (N = {args.n}, dim = {args.dim})",
-             chain_rows),
+             planar_chain(args.dim), ("planar", 16), args.n),
             (f"Real NVP (8 masks, 2 x 64 tanh units), forward + backward "
-             f"(N = {args.n_realnvp}, dim = {args.dim})", nvp_rows)):
-        lines += ["", f"## {title}", "",
-                  "| implementation | dtype | time (ms) | ratio | rel. err of the gradients |",
-                  "|---|---|---:|---:|---:|"]
+             f"(N = {args.n_realnvp}, dim = {args.dim})",
+             realnvp_8x2x64(args.dim), ("realnvp", 8, 2, 64), args.n_realnvp)):
+        rows, has_torch = bench_vs_torch(make_flow, spec, n, args.repeat)
         ours = {dtype: ms for name, dtype, ms, _ in rows if name.startswith("pyflowcore")}
-        for name, dtype, ms, err in rows:
-            lines.append(f"| {name} | {dtype} | {ms:.3f} | {ms / ours[dtype]:.2f} | {err} |")
+        write("", f"## {title}", "",
+              "| implementation | dtype | time (ms) | ratio | rel. err of the gradients |",
+              "|---|---|---:|---:|---:|",
+              *(f"| {name} | {dtype} | {ms:.3f} | {ms / ours[dtype]:.2f} | {err} |"
+                for name, dtype, ms, err in rows))
     if not has_torch:
-        lines += ["", "PyTorch with CUDA is not installed here: no comparison."]
-    Path(args.output).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+        write("", "PyTorch with CUDA is not installed here: no comparison.")
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,13 @@
 # set (a device run) or benchmarks/results/ otherwise; commit them there.
 #
 #   bash benchmarks/gpu_session.sh
+#
+# With the device tool, one call within its 600 s: first, here,
+# `bash benchmarks/build_for_device.sh` (Python 3.12, as on the device), then
+#   run(command="bash benchmarks/gpu_session.sh", timeout_s=600,
+#       carry=[the four pyflowcore/_kernels/*.cpython-312-*.so it lists])
+# The tests get 240 s and the benchmark 300 s; the benchmark writes its table
+# after every section, so a run cut short keeps what it measured.
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 dest=${OUT:-benchmarks/results}
@@ -29,7 +36,7 @@ elif ! python3 setup.py build_ext --inplace -j "$(nproc)" > "$dest/gpu-$day-buil
     tail -40 "$dest/gpu-$day-build.log"
     exit 1
 fi
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/cuda 2>&1 | tee "$dest/gpu-$day-tests.txt"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/cuda 2>&1 | tee "$dest/gpu-$day-tests.txt"
 tests=$?
 timeout 300 python3 benchmarks/gpu_bench.py "$dest/gpu-$day.md"
 bench=$?
