@@ -38,6 +38,11 @@ elif ! python3 setup.py build_ext --inplace -j "$(nproc)" > "$dest/gpu-$day-buil
 fi
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/cuda 2>&1 | tee "$dest/gpu-$day-tests.txt"
 tests=$?
-timeout 300 python3 benchmarks/gpu_bench.py "$dest/gpu-$day.md"
+# GPU_BENCH_ARGS shrinks the benchmark for a dry run of this script on the
+# CPU, under the CUDA emulator of tests/cuda/emulator:
+#   OUT=/tmp/dry PYTHONPATH=tests/cuda/emulator PYFLOWCORE_CUDA_EMULATOR=1 \
+#   GPU_BENCH_ARGS="--n 3000 --n-realnvp 700 --repeat 1" bash benchmarks/gpu_session.sh
+# shellcheck disable=SC2086
+timeout 300 python3 benchmarks/gpu_bench.py "$dest/gpu-$day.md" ${GPU_BENCH_ARGS:-}
 bench=$?
 exit $(( tests != 0 || bench != 0 ))
