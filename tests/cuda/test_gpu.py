@@ -369,6 +369,19 @@ def test_large_batch(dtype):
         close(gp, cpu.backward(cp.asnumpy(z), np.ones((n, 2)), 1.0)[1], 1e-10)
 
 
+def every_method_matches_cpu(cpu, gpu, z, rtol=1e-11):
+    """The four kernels of float64 flows ``cpu`` and ``gpu`` (the same
+    parameters) agree on the points ``z`` and random cotangents."""
+    rng = np.random.default_rng(2)
+    x = cpu.forward(z)[0]
+    g, gld = rng.standard_normal(z.shape), rng.standard_normal(len(z))
+    for name, args in (("forward", (z,)), ("inverse", (x,)), ("backward", (z, g, gld)),
+                       ("inverse_backward", (x, g, gld))):
+        for got, want in zip(getattr(gpu, name)(*map(cp.asarray, args)),
+                             getattr(cpu, name)(*args)):
+            close(got, want, rtol)
+
+
 @pytest.mark.parametrize("make", [
     lambda: pf.Chain([pf.Planar(64, rng=0), pf.Radial(64, rng=1), pf.ElementwiseScale(64)]),
     lambda: pf.Chain([pf.Planar(200, rng=0), pf.Shift(200)]),
@@ -381,15 +394,8 @@ def test_rows_too_wide_for_shared_memory_match_cpu(make):
     if cpu.num_params:
         cpu.params[:] = np.random.default_rng(0).uniform(-0.3, 0.3, cpu.num_params)
     gpu = make().set_params(cpu.params).to("cuda")
-    rng = np.random.default_rng(1)
-    z = rng.standard_normal((300, cpu.dim)) * 0.5
-    x = cpu.forward(z)[0]
-    g, gld = rng.standard_normal(z.shape), rng.standard_normal(300)
-    for name, args in (("forward", (z,)), ("inverse", (x,)), ("backward", (z, g, gld)),
-                       ("inverse_backward", (x, g, gld))):
-        for got, want in zip(getattr(gpu, name)(*map(cp.asarray, args)),
-                             getattr(cpu, name)(*args)):
-            close(got, want, 1e-11)
+    z = np.random.default_rng(1).standard_normal((300, cpu.dim)) * 0.5
+    every_method_matches_cpu(cpu, gpu, z)
 
 
 @pytest.mark.parametrize("flow_kind", ["chain", "realnvp"])
@@ -410,15 +416,7 @@ def test_drivers_memory_caps_match_cpu(flow_kind, monkeypatch):
             return pf.RealNVP(dim, num_masks=4, units=5, rng=0)
     cpu = make()
     gpu = make().set_params(cpu.params).to("cuda")
-    rng = np.random.default_rng(1)
-    z = rng.standard_normal((2500, dim))
-    x = cpu.forward(z)[0]
-    g, gld = rng.standard_normal(z.shape), rng.standard_normal(len(z))
-    for name, args in (("forward", (z,)), ("inverse", (x,)), ("backward", (z, g, gld)),
-                       ("inverse_backward", (x, g, gld))):
-        for got, want in zip(getattr(gpu, name)(*map(cp.asarray, args)),
-                             getattr(cpu, name)(*args)):
-            close(got, want, 1e-11)
+    every_method_matches_cpu(cpu, gpu, np.random.default_rng(1).standard_normal((2500, dim)))
 
 
 def test_chain_of_many_planar_layers_matches_cpu():
