@@ -328,7 +328,8 @@ def _argument(a):
     device arrays by pointer, NumPy scalars with their type, Python ints as
     int64 and floats as double."""
     if isinstance(a, ndarray):
-        kind = {"f": "F", "i": "I", "u": "I", "b": "I"}.get(a.dtype.kind, "?")
+        # pointers: the kind of the values pointed to, upper case
+        kind = _SCALAR_KIND.get(a.dtype.kind, "?").upper()
         return ctypes.c_void_p(a._a.ctypes.data), kind, a.dtype.itemsize
     if isinstance(a, numpy.ndarray):
         raise TypeError("emulator: a NumPy array passed to a kernel (device arrays only)")
@@ -358,10 +359,8 @@ class RawKernel:
     def __call__(self, grid, block, args, shared_mem=0):
         held = [_argument(a) for a in args]
         n = len(held)
-        ptrs = (ctypes.c_void_p * max(n, 1))(*(ctypes.cast(ctypes.pointer(h), ctypes.c_void_p)
-                                               if isinstance(h, ctypes.c_void_p)
-                                               else ctypes.cast(h, ctypes.c_void_p)
-                                               for h, _, _ in held))
+        # As cuLaunchKernel takes them: the address of each argument's value.
+        ptrs = (ctypes.c_void_p * max(n, 1))(*(ctypes.addressof(h) for h, _, _ in held))
         kinds = "".join(k for _, k, _ in held).encode() + b"\0"
         sizes = (ctypes.c_int * max(n, 1))(*(s for _, _, s in held))
         err = ctypes.create_string_buffer(512)
