@@ -115,11 +115,7 @@ class ndarray:
     # NumPy functions and ufuncs on device arrays run "on the device" (CuPy
     # implements both protocols), with the same refusal of NumPy arrays.
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        name = ufunc.__name__
-        inputs = _unwrap(inputs, name)
-        kwargs = {k: _unwrap(v, name) for k, v in kwargs.items()}
-        with numpy.errstate(all="ignore"):
-            return _wrap(getattr(ufunc, method)(*inputs, **kwargs))
+        return _device_function(getattr(ufunc, method), ufunc.__name__)(*inputs, **kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
         return _device_function(func, func.__name__)(*args, **kwargs)
@@ -184,8 +180,8 @@ class ndarray:
     def __deepcopy__(self, memo):
         return ndarray._of(self._a.copy())
 
-    def __reduce__(self):
-        raise TypeError("cupy.ndarray cannot be pickled in the emulator")
+    def __reduce__(self):  # CuPy arrays pickle through the host
+        return asarray, (self._a.copy(),)
 
 
 def _operator(name):
