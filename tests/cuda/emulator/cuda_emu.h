@@ -23,8 +23,9 @@
  *   shared memory: the limits without opt-in) and every argument's type and
  *   size against the kernel's signature, as the driver would not.
  *
- * What it cannot show: timing, the device's libm (host libm is used), the
- * interleavings of real warps, and races.  The device runs remain the proof.
+ * What it cannot show: timing, the device's libm (host libm is used), and
+ * every interleaving of real warps (a race shows only where one of the two
+ * orders exposes it).  The device runs remain the proof.
  *
  * tests/cuda/emulator/cupy (a stand-in for CuPy over NumPy) compiles each
  * RawModule source with this header first and a table of its kernels after
@@ -222,8 +223,9 @@ inline void run_block(int nthreads, bool reverse) {
 /* The kernel table: one entry per instantiated kernel. */
 struct Kernel {
     const char* name;
-    // Checks the arguments' kinds ('p' pointer to float/int, 'f', 'i') and
-    // sizes against the signature; empty string when they match.
+    // Checks the arguments' kinds ('F' / 'I': pointer to floating / integer
+    // values; 'f' / 'i': scalars) and sizes against the signature; empty
+    // string when they match.
     std::string (*check)(int nargs, const char* kinds, const int* sizes);
     void (*invoke)(void** args);
 };
