@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from pyflowcore._validation import as_real_array, check_positive_int, check_rng
+from pyflowcore._validation import array_module, as_real_array, check_positive_int, check_rng
 
 __all__ = ["FitResult", "fit", "fit_variational", "elbo", "nll_and_grad", "kl_and_grad"]
 
@@ -123,12 +123,14 @@ class _Progress:
 
 
 # -- checks -----------------------------------------------------------------
-def _check_flow(flow):
+def _check_flow(flow, on_gpu=False):
+    """``on_gpu``: whether the caller runs on a flow on the GPU."""
     from pyflowcore.flows import Flow
     if not isinstance(flow, Flow):
         raise TypeError(f"flow must be a pyflowcore Flow, got {type(flow).__name__}")
-    if flow.device != "cpu":
-        raise NotImplementedError("fitting runs on the CPU; move the flow with .to('cpu') first")
+    if flow.device != "cpu" and not on_gpu:
+        raise NotImplementedError("variational fitting runs on the CPU; move the flow with "
+                                  ".to('cpu') first")
     if flow.num_params == 0:
         raise ValueError(f"{type(flow).__name__} has no parameters to fit")
 
@@ -140,7 +142,8 @@ def _check_method(method):
 
 
 def _check_data(data, name, flow):
-    arr = as_real_array(data, name, flow.dtype)
+    xp = array_module(flow.device)
+    arr = as_real_array(data, name, flow.dtype, flow.device)
     if arr.ndim == 1 and flow.dim == 1:
         arr = arr[:, None]
     if arr.ndim != 2 or arr.shape[1] != flow.dim:
@@ -151,14 +154,14 @@ def _check_data(data, name, flow):
     # Checked after the cast: finite data can still overflow the flow's dtype
     # (1e300 in float32).
     with np.errstate(over="ignore"):
-        converted = np.ascontiguousarray(arr, dtype=flow.dtype)
-    bad = ~np.isfinite(converted).all(axis=1)
+        converted = xp.ascontiguousarray(arr, dtype=flow.dtype)
+    bad = ~xp.isfinite(converted).all(axis=1)
     if bad.any():
-        row, count = int(np.nonzero(bad)[0][0]), int(bad.sum())
-        if np.isfinite(arr).all():
+        row, count = int(xp.nonzero(bad)[0][0]), int(bad.sum())
+        if xp.isfinite(arr).all():
             raise ValueError(f"{name} must be finite in {flow.dtype}; {count} row(s) overflow "
                              f"it, the first row {row}")
-        kind = "NaN" if np.isnan(arr).any() else "inf"
+        kind = "NaN" if xp.isnan(arr).any() else "inf"
         raise ValueError(f"{name} must be finite; found {kind} values in {count} row(s), the "
                          f"first in row {row}")
     return converted
@@ -199,19 +202,20 @@ class _MLEObjective:
 
     def __init__(self, flow, capacity):
         self.flow = flow
+        self.xp = xp = array_module(flow.device)
         dt, d = flow.dtype, flow.dim
-        self._z = np.empty((capacity, d), dt)
-        self._ld = np.empty(capacity, dt)
-        self._sq = np.empty((capacity, d), dt)
-        self._gx = np.empty((capacity, d), dt)
-        self.grad = np.empty(flow.num_params, dt)
+        self._z = xp.empty((capacity, d), dt)
+        self._ld = xp.empty(capacity, dt)
+        self._sq = xp.empty((capacity, d), dt)
+        self._gx = xp.empty((capacity, d), dt)
+        self.grad = xp.empty(flow.num_params, dt)
 
     def loss(self, x):
-        m = x.shape[0]
+        m, xp = x.shape[0], self.xp
         z, ld = self.flow.inverse(x, out=(self._z[:m], self._ld[:m]))
-        sq = np.square(z, out=self._sq[:m])
-        return (0.5 * np.sum(sq, dtype=np.float64) - np.sum(ld, dtype=np.float64)) / m \
-            + self.flow.dim * _HALF_LOG_2PI
+        sq = xp.square(z, out=self._sq[:m])
+        return (0.5 * float(xp.sum(sq, dtype=np.float64)) - float(xp.sum(ld, dtype=np.float64))) \
+            / m + self.flow.dim * _HALF_LOG_2PI
 
     def loss_and_grad(self, x):
         """Loss (a float) and gradient (``self.grad``, overwritten next call)."""
@@ -230,14 +234,16 @@ def nll_and_grad(flow, data):
     ----------
     flow : Flow
     data : array_like of shape (N, dim)
+        A CuPy array for a flow on the GPU.
 
     Returns
     -------
     loss : float
     grad : ndarray of shape (num_params,)
-        ``flow.inverse_backward(x, z/N, -1/N)[1]`` with ``z = f^{-1}(x)``.
+        ``flow.inverse_backward(x, z/N, -1/N)[1]`` with ``z = f^{-1}(x)``
+        (on the flow's device).
     """
-    _check_flow(flow)
+    _check_flow(flow, on_gpu=True)
     data = _check_data(data, "data", flow)
     value, grad = _MLEObjective(flow, data.shape[0]).loss_and_grad(data)
     return value, grad.copy()
@@ -277,22 +283,24 @@ def _mean_loss_chunked(objective, data, chunk):
 
 # -- Adam -------------------------------------------------------------------
 class _Adam:
-    """Adam with the moments and a master copy of the parameters in float64."""
+    """Adam with the moments and a master copy of the parameters in float64,
+    on the parameters' device (``xp``: NumPy or CuPy)."""
 
-    def __init__(self, theta, lr, betas, eps, clip_norm):
-        self.theta = np.array(theta, dtype=np.float64)
-        self.m = np.zeros_like(self.theta)
-        self.v = np.zeros_like(self.theta)
-        self.g = np.empty_like(self.theta)
-        self.tmp = np.empty_like(self.theta)
+    def __init__(self, theta, lr, betas, eps, clip_norm, xp=np):
+        self.xp = xp
+        self.theta = xp.array(theta, dtype=np.float64)
+        self.m = xp.zeros_like(self.theta)
+        self.v = xp.zeros_like(self.theta)
+        self.g = xp.empty_like(self.theta)
+        self.tmp = xp.empty_like(self.theta)
         self.lr, (self.b1, self.b2), self.eps, self.clip = lr, betas, eps, clip_norm
         self.t = 0
 
     def step(self, grad):
-        g = self.g
+        g, xp = self.g, self.xp
         g[...] = grad
         if self.clip is not None:
-            norm = math.sqrt(float(np.dot(g, g)))
+            norm = math.sqrt(float(xp.dot(g, g)))
             if norm > self.clip:
                 g *= self.clip / norm
         self.t += 1
@@ -300,13 +308,13 @@ class _Adam:
         self.m *= b1
         self.m += (1 - b1) * g
         self.v *= b2
-        np.multiply(g, g, out=self.tmp)
+        xp.multiply(g, g, out=self.tmp)
         self.tmp *= 1 - b2
         self.v += self.tmp
         step = self.lr * math.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
-        np.sqrt(self.v, out=self.tmp)
+        xp.sqrt(self.v, out=self.tmp)
         self.tmp += self.eps * math.sqrt(1 - b2 ** self.t)
-        np.divide(self.m, self.tmp, out=self.tmp)
+        xp.divide(self.m, self.tmp, out=self.tmp)
         self.tmp *= step
         self.theta -= self.tmp
         return self.theta
@@ -343,6 +351,10 @@ def fit(flow, data, method="adam", *, steps=None, epochs=None, batch_size=256,
     Parameters
     ----------
     flow : Flow
+        On the CPU or the GPU; on the GPU every array below (data,
+        validation data) is a CuPy array, the optimiser's state lives on the
+        device, and L-BFGS moves the parameters and the gradient between
+        host and device at each evaluation.
     data : array_like of shape (N, dim)
         Finite values; converted to the flow's dtype.  NaN or inf raises
         ``ValueError``.
@@ -389,8 +401,9 @@ def fit(flow, data, method="adam", *, steps=None, epochs=None, batch_size=256,
     Returns
     -------
     FitResult
+        ``params`` on the flow's device.
     """
-    _check_flow(flow)
+    _check_flow(flow, on_gpu=True)
     method = _check_method(method)
     data = _check_data(data, "data", flow)
     val = None if validation_data is None else _check_data(validation_data, "validation_data", flow)
@@ -421,7 +434,8 @@ def fit(flow, data, method="adam", *, steps=None, epochs=None, batch_size=256,
     rng = check_rng(rng)
 
     objective = _MLEObjective(flow, batch_size)
-    batch = np.empty((batch_size, flow.dim), flow.dtype)
+    xp = objective.xp
+    batch = xp.empty((batch_size, flow.dim), flow.dtype)
     full = batch_size == n
     order, pos = None, n
 
@@ -433,7 +447,8 @@ def fit(flow, data, method="adam", *, steps=None, epochs=None, batch_size=256,
             order, pos = rng.permutation(n), 0
         idx = order[pos:pos + batch_size]
         pos += idx.shape[0]
-        return np.take(data, idx, axis=0, out=batch[:idx.shape[0]])
+        # The order is drawn on the host, so a seed gives the same batches on any device.
+        return xp.take(data, xp.asarray(idx), axis=0, out=batch[:idx.shape[0]])
 
     return _run_adam(flow, lambda: objective.loss_and_grad(next_batch()), total,
                      (lr, betas, eps, clip_norm), callback, progress, "fit (Adam)",
@@ -471,7 +486,8 @@ class _Validator:
 def _run_adam(flow, loss_and_grad, total, settings, callback, progress, desc,
               validator=None, eval_every=1):
     """The Adam loop shared by ``fit`` and ``fit_variational``."""
-    adam = _Adam(flow.params, *settings)
+    xp = array_module(flow.device)
+    adam = _Adam(flow.params, *settings, xp=xp)
     losses = np.empty(total)
     bar = _Progress(progress, total, desc)
     last_good = flow.params.copy()
@@ -481,7 +497,7 @@ def _run_adam(flow, loss_and_grad, total, settings, callback, progress, desc,
     try:
         while k < total:
             value, grad = loss_and_grad()
-            if not (math.isfinite(value) and np.all(np.isfinite(grad))):
+            if not (math.isfinite(value) and bool(xp.all(xp.isfinite(grad)))):
                 flow.set_params(last_good)
                 what = "loss" if not math.isfinite(value) else "gradient"
                 success = False
@@ -535,13 +551,23 @@ def _run_lbfgs(flow, loss_and_grad, maxiter, options, callback, progress, desc, 
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
     opts = {"maxiter": maxiter, **(options or {})}
+    # SciPy works on the host in float64; a flow on the GPU gets the
+    # parameters and returns the gradient through these two.
+    xp = array_module(flow.device)
     dtype = flow.dtype
-    best = {"value": math.inf, "theta": flow.params.astype(np.float64)}
+
+    def put(theta):
+        flow.params[...] = xp.asarray(theta.astype(dtype, copy=False))
+
+    def host(a):
+        return a if xp is np else xp.asnumpy(a)
+
+    best = {"value": math.inf, "theta": host(flow.params).astype(np.float64)}
 
     def fun(theta):
-        flow.params[...] = theta.astype(dtype, copy=False)
+        put(theta)
         value, grad = loss_and_grad()
-        grad = grad.astype(np.float64)
+        grad = host(grad).astype(np.float64)
         if not (math.isfinite(value) and np.all(np.isfinite(grad))):
             # An infinite value makes the line search back off.
             return math.inf, np.zeros_like(grad)
@@ -554,13 +580,13 @@ def _run_lbfgs(flow, loss_and_grad, maxiter, options, callback, progress, desc, 
     bar = _Progress(progress, opts["maxiter"], desc)
     stop = {"why": None}
     if validator is not None:
-        flow.params[...] = best["theta"].astype(dtype)
+        put(best["theta"])
         validator(0)
 
     def on_iteration(intermediate_result):
         k = len(losses) + 1
         losses.append(float(intermediate_result.fun))
-        flow.params[...] = intermediate_result.x.astype(dtype, copy=False)
+        put(intermediate_result.x)
         extra = ""
         if validator is not None:
             if validator(k):
@@ -578,8 +604,7 @@ def _run_lbfgs(flow, loss_and_grad, maxiter, options, callback, progress, desc, 
                        callback=on_iteration, options=opts)
     finally:
         bar.close()
-    x = res.x if math.isfinite(res.fun) else best["theta"]
-    flow.params[...] = x.astype(dtype, copy=False)
+    put(res.x if math.isfinite(res.fun) else best["theta"])
     if stop["why"] is not None:
         success, message = True, stop["why"]
     else:
@@ -732,6 +757,7 @@ def elbo(flow, log_density, n_samples=4096, rng=None):
     stderr : float
         ``std(terms) / sqrt(n_samples)``.
     """
+    _check_flow(flow)
     n = check_positive_int(n_samples, "n_samples")
     z = check_rng(rng).standard_normal((n, flow.dim), dtype=flow.dtype)
     diff, _ = _KLObjective(flow, log_density, n).terms(z)

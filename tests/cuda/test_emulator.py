@@ -139,6 +139,10 @@ def test_device_arrays_are_not_numpy_arrays():
     with pytest.raises(TypeError, match="Unsupported type"):
         a + np.ones(6)
     assert isinstance(a.sum(), cp.ndarray) and float(a.sum()) == 15.0
+    assert cp.asnumpy(~(a > 2)).tolist() == [True, True, True, False, False, False]
+    b = a
+    b += 1
+    assert b is a and float(a[0]) == 1.0 and float((-a)[0]) == -1.0
     assert cp.may_share_memory(a, a[2:]) and not cp.may_share_memory(a, a.copy())
 
 

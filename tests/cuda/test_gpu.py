@@ -431,3 +431,62 @@ def test_chain_of_many_planar_layers_matches_cpu():
     gg, gpg = gpu.backward(cp.asarray(z), cp.ones((3000, dim)), 1.0)
     close(gg, g, 1e-11)
     close(gpg, gp, 1e-11)
+
+
+# -- fitting on the GPU ------------------------------------------------------------
+
+def moons_pair():
+    def make():
+        return pf.Chain([pf.RealNVP(2, num_masks=2, units=8, rng=0), pf.Planar(2, rng=1),
+                         pf.ElementwiseScale(2), pf.Shift(2)])
+    cpu = make()
+    return cpu, make().to("cuda"), pf.datasets.two_moons(400, rng=0)
+
+
+def test_nll_and_grad_agrees_with_cpu():
+    cpu, gpu, x = moons_pair()
+    loss, grad = pf.fitting.nll_and_grad(cpu, x)
+    loss_g, grad_g = pf.fitting.nll_and_grad(gpu, cp.asarray(x))
+    assert isinstance(loss_g, float) and isinstance(grad_g, cp.ndarray)
+    np.testing.assert_allclose(loss_g, loss, rtol=1e-12)
+    close(grad_g, grad, 1e-11)
+
+
+@pytest.mark.parametrize("method,kwargs", [
+    ("adam", {"steps": 20, "batch_size": 64, "rng": 1}),
+    ("adam", {"steps": 12, "batch_size": None, "clip_norm": 0.5}),
+    ("lbfgs", {"steps": 10}),
+])
+def test_fit_follows_the_cpu(method, kwargs):
+    # The same steps as on the CPU (the batch order is drawn on the host);
+    # float64 and a few steps, so that the rounding of the two devices'
+    # gradients cannot move the iterates apart.
+    cpu, gpu, x = moons_pair()
+    val = pf.datasets.two_moons(100, rng=5)
+    res = pf.fit(cpu, x, method, validation_data=val, progress=False, **kwargs)
+    res_g = pf.fit(gpu, cp.asarray(x), method, validation_data=cp.asarray(val), progress=False,
+                   **kwargs)
+    assert res_g.success and res_g.n_iter == res.n_iter and res_g.best_iter == res.best_iter
+    assert isinstance(res_g.params, cp.ndarray) and gpu.device == "cuda"
+    np.testing.assert_allclose(res_g.losses, res.losses, rtol=1e-8)
+    np.testing.assert_allclose(res_g.val_losses, res.val_losses, rtol=1e-8)
+    close(gpu.params, cpu.params, 1e-7)
+    assert res.losses[-1] < res.losses[0]
+
+
+def test_fit_checks_the_device_of_the_data():
+    cpu, gpu, x = moons_pair()
+    with pytest.raises(TypeError, match="'cuda'"):
+        pf.fit(gpu, x, steps=1)
+    with pytest.raises(TypeError, match="'cuda'"):
+        pf.fit(gpu, cp.asarray(x), steps=1, validation_data=x[:10])
+    with pytest.raises(TypeError, match="'cpu'"):
+        pf.fit(cpu, cp.asarray(x), steps=1)
+    bad = cp.asarray(x)
+    bad[3, 1] = cp.nan
+    with pytest.raises(ValueError, match="NaN values in 1 row"):
+        pf.fit(gpu, bad, steps=1)
+    for call in (lambda: pf.fit_variational(gpu, lambda x: (x[:, 0], x), steps=1),
+                 lambda: pf.fitting.elbo(gpu, lambda x: (x[:, 0], x))):
+        with pytest.raises(NotImplementedError, match="variational fitting runs on the CPU"):
+            call()

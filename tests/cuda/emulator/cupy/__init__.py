@@ -184,23 +184,22 @@ class ndarray:
         return asarray, (self._a.copy(),)
 
 
-def _operator(name):
+def _operator(name, in_place=False):
     def op(self, *args):
         with numpy.errstate(all="ignore"):
             result = getattr(self._a, name)(*_unwrap(args, f"ndarray.{name}"))
-        if result is NotImplemented:
-            return result
-        if name.startswith("__i"):  # in place: the array itself
-            return self
-        return _wrap(result)
+        if result is NotImplemented or not in_place:
+            return _wrap(result)
+        return self
     op.__name__ = name
     return op
 
 
 for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
               "xor", "lshift", "rshift"):
-    for _form in ("__{}__", "__r{}__", "__i{}__"):
-        setattr(ndarray, _form.format(_name), _operator(_form.format(_name)))
+    setattr(ndarray, f"__{_name}__", _operator(f"__{_name}__"))
+    setattr(ndarray, f"__r{_name}__", _operator(f"__r{_name}__"))
+    setattr(ndarray, f"__i{_name}__", _operator(f"__i{_name}__", in_place=True))
 for _name in ("__neg__", "__pos__", "__abs__", "__invert__", "__lt__", "__le__", "__gt__",
               "__ge__", "__eq__", "__ne__"):
     setattr(ndarray, _name, _operator(_name))
