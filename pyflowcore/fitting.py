@@ -123,14 +123,10 @@ class _Progress:
 
 
 # -- checks -----------------------------------------------------------------
-def _check_flow(flow, on_gpu=False):
-    """``on_gpu``: whether the caller runs on a flow on the GPU."""
+def _check_flow(flow):
     from pyflowcore.flows import Flow
     if not isinstance(flow, Flow):
         raise TypeError(f"flow must be a pyflowcore Flow, got {type(flow).__name__}")
-    if flow.device != "cpu" and not on_gpu:
-        raise NotImplementedError("variational fitting runs on the CPU; move the flow with "
-                                  ".to('cpu') first")
     if flow.num_params == 0:
         raise ValueError(f"{type(flow).__name__} has no parameters to fit")
 
@@ -243,7 +239,7 @@ def nll_and_grad(flow, data):
         ``flow.inverse_backward(x, z/N, -1/N)[1]`` with ``z = f^{-1}(x)``
         (on the flow's device).
     """
-    _check_flow(flow, on_gpu=True)
+    _check_flow(flow)
     data = _check_data(data, "data", flow)
     value, grad = _MLEObjective(flow, data.shape[0]).loss_and_grad(data)
     return value, grad.copy()
@@ -403,7 +399,7 @@ def fit(flow, data, method="adam", *, steps=None, epochs=None, batch_size=256,
     FitResult
         ``params`` on the flow's device.
     """
-    _check_flow(flow, on_gpu=True)
+    _check_flow(flow)
     method = _check_method(method)
     data = _check_data(data, "data", flow)
     val = None if validation_data is None else _check_data(validation_data, "validation_data", flow)
@@ -617,7 +613,7 @@ def _run_lbfgs(flow, loss_and_grad, maxiter, options, callback, progress, desc, 
 
 
 # -- variational inference --------------------------------------------------
-def _call_log_density(log_density, x, dim):
+def _call_log_density(log_density, x, dim, device):
     try:
         out = log_density(x)
         values, grads = out
@@ -625,9 +621,9 @@ def _call_log_density(log_density, x, dim):
         if "unpack" in str(exc):
             raise TypeError("log_density(x) must return a pair (values, gradients)") from None
         raise
-    values = np.asarray(as_real_array(values, "log_density(x)'s values", np.float64),
-                        dtype=np.float64)
-    grads = as_real_array(grads, "log_density(x)'s gradients", x.dtype)
+    values = array_module(device).asarray(
+        as_real_array(values, "log_density(x)'s values", np.float64, device), dtype=np.float64)
+    grads = as_real_array(grads, "log_density(x)'s gradients", x.dtype, device)
     n = x.shape[0]
     if values.shape != (n,):
         raise ValueError(f"log_density(x) must return values of shape ({n},) for x of shape "
@@ -643,27 +639,33 @@ class _KLObjective:
 
     def __init__(self, flow, log_density, n):
         self.flow, self.log_density = flow, log_density
+        self.xp = xp = array_module(flow.device)
         dt, d = flow.dtype, flow.dim
-        self._x = np.empty((n, d), dt)
-        self._ld = np.empty(n, dt)
-        self._gx = np.empty((n, d), dt)
-        self._gz = np.empty((n, d), dt)
-        self.grad = np.empty(flow.num_params, dt)
+        self._x = xp.empty((n, d), dt)
+        self._ld = xp.empty(n, dt)
+        self._gx = xp.empty((n, d), dt)
+        self._gz = xp.empty((n, d), dt)
+        self.grad = xp.empty(flow.num_params, dt)
+
+    def draws(self, z):
+        """Base draws ``z``, made on the host (a seed gives the same draws on
+        any device), on the flow's device."""
+        return z if self.xp is np else self.xp.asarray(z)
 
     def terms(self, z):
         """``log q(x) - log p~(x)`` per row, with ``x = f(z)``, and the gradients of
         ``log p~``."""
         m = z.shape[0]
         x, ld = self.flow.forward(z, out=(self._x[:m], self._ld[:m]))
-        lp, glp = _call_log_density(self.log_density, x, self.flow.dim)
+        lp, glp = _call_log_density(self.log_density, x, self.flow.dim, self.flow.device)
         log_q = self.flow.base_log_prob(z).astype(np.float64) - ld
         return log_q - lp, glp
 
     def loss_and_grad(self, z):
         m = z.shape[0]
         diff, glp = self.terms(z)
-        value = float(np.mean(diff))
-        gx = np.multiply(glp, -1.0 / m, out=self._gx[:m], casting="unsafe")
+        value = float(self.xp.mean(diff))
+        gx = self.xp.multiply(glp, -1.0 / m, out=self._gx[:m], casting="unsafe")
         self.flow.backward(z, gx, -1.0 / m, out=(self._gz[:m], self.grad))
         return value, self.grad
 
@@ -684,10 +686,12 @@ def fit_variational(flow, log_density, n_samples=256, method="adam", *, steps=No
     Parameters
     ----------
     flow : Flow
+        On the CPU or the GPU.
     log_density : callable
         ``log_density(x)`` for ``x`` of shape ``(n, dim)`` returns
         ``(values, gradients)`` of shapes ``(n,)`` and ``(n, dim)``:
         ``log p~(x)`` up to a constant and its gradient with respect to ``x``.
+        For a flow on the GPU, ``x`` and both results are CuPy arrays.
     n_samples : int
         Draws per loss estimate.
     method : {"adam", "lbfgs"}
@@ -699,7 +703,8 @@ def fit_variational(flow, log_density, n_samples=256, method="adam", *, steps=No
     learning_rate, betas, eps, clip_norm :
         Adam settings, as in ``fit``.
     rng : None, int or numpy.random.Generator
-        The draws of ``z``.
+        The draws of ``z`` (made on the host, so a seed gives the same draws
+        on any device).
     options : dict, optional
         L-BFGS: passed to ``scipy.optimize.minimize``.
     n_elbo_samples : int
@@ -727,7 +732,7 @@ def fit_variational(flow, log_density, n_samples=256, method="adam", *, steps=No
     objective = _KLObjective(flow, log_density, n)
     dt = flow.dtype
     if method == "lbfgs":
-        z = rng.standard_normal((n, flow.dim), dtype=dt)
+        z = objective.draws(rng.standard_normal((n, flow.dim), dtype=dt))
         result = _run_lbfgs(flow, lambda: objective.loss_and_grad(z),
                             _resolve_steps(steps, None, 1, 500), options, callback, progress,
                             "fit_variational (L-BFGS)")
@@ -739,7 +744,7 @@ def fit_variational(flow, log_density, n_samples=256, method="adam", *, steps=No
 
         def draw_and_eval():
             rng.standard_normal(out=z, dtype=dt)
-            return objective.loss_and_grad(z)
+            return objective.loss_and_grad(objective.draws(z))
 
         result = _run_adam(flow, draw_and_eval, _resolve_steps(steps, None, 1, 1000), settings,
                            callback, progress, "fit_variational (Adam)")
@@ -759,8 +764,8 @@ def elbo(flow, log_density, n_samples=4096, rng=None):
     """
     _check_flow(flow)
     n = check_positive_int(n_samples, "n_samples")
-    z = check_rng(rng).standard_normal((n, flow.dim), dtype=flow.dtype)
-    diff, _ = _KLObjective(flow, log_density, n).terms(z)
-    terms = -diff
-    se = float(np.std(terms, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return float(np.mean(terms)), se
+    objective = _KLObjective(flow, log_density, n)
+    z = objective.draws(check_rng(rng).standard_normal((n, flow.dim), dtype=flow.dtype))
+    diff, _ = objective.terms(z)
+    se = float(objective.xp.std(diff, ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    return -float(objective.xp.mean(diff)), se
