@@ -20,6 +20,13 @@ Reverse KL
 
 Optimisers: Adam (built in, mini-batches or fresh draws per step) and
 SciPy's L-BFGS-B on the full-batch (or fixed-draw) objective in float64.
+
+Devices: a flow on the GPU is fitted there, from CuPy data (and a
+``log_density`` on CuPy arrays); the work arrays and Adam's state live on the
+device.  Batch orders and base draws are made on the host by the NumPy
+generator, so a seed takes the same steps on either device; L-BFGS, which
+SciPy runs on the host, moves the parameters and the gradient across at each
+evaluation.
 """
 
 import dataclasses
