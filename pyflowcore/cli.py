@@ -286,14 +286,38 @@ def _say(*parts):
     print(*parts, flush=True)
 
 
+class _Device:
+    """``--device``: moves the flow and arrays there and results back."""
+
+    def __init__(self, name):
+        self.name = name
+        if name == "cuda":
+            import pyflowcore
+            if not pyflowcore.cuda_available():
+                raise UserError("--device cuda: no usable GPU (needs CuPy and an NVIDIA GPU)")
+            import cupy
+            self._xp = cupy
+
+    def flow(self, flow):
+        return flow.to(self.name)
+
+    def put(self, arr):
+        return arr if self.name == "cpu" else self._xp.asarray(arr)
+
+    def host(self, arr):
+        return arr if self.name == "cpu" else self._xp.asnumpy(arr)
+
+
 def cmd_fit(args):
     import pyflowcore
+    device = _Device(args.device)
     data = read_points(args.data)
     n, dim = data.shape
     try:
         flow = build_flow(args.flow, dim, dtype=args.dtype, rng=args.seed)
     except (ValueError, TypeError) as exc:
         raise UserError(str(exc)) from None
+    device.flow(flow)
     _say(f"data: {n} points of dim {dim} from {args.data}")
     _say(f"flow: {args.flow} ({flow.num_params} parameters, {flow.dtype})")
     val = None
@@ -304,6 +328,8 @@ def cmd_fit(args):
             raise UserError(f"--validation-split {args.validation_split} leaves no training or "
                             f"validation points for {n} points")
         val, data = data[order[:n_val]], data[order[n_val:]]
+    data = device.put(data)
+    val = None if val is None else device.put(val)
     kwargs = dict(steps=args.steps, progress=_progress(args))
     if args.method == "adam":
         kwargs.update(learning_rate=args.lr, batch_size=args.batch_size, rng=args.seed)
@@ -313,9 +339,9 @@ def cmd_fit(args):
     result = pyflowcore.fit(flow, data, method=args.method, **kwargs)
     elapsed = time.perf_counter() - t0
     _say(f"{args.method}: {result.n_iter} iterations in {elapsed:.1f} s; {result.message}")
-    _say(f"mean log-likelihood (training): {float(np.mean(flow.log_prob(data))):.4f}")
+    _say(f"mean log-likelihood (training): {float(flow.log_prob(data).mean()):.4f}")
     if val is not None:
-        _say(f"mean log-likelihood (validation): {float(np.mean(flow.log_prob(val))):.4f}")
+        _say(f"mean log-likelihood (validation): {float(flow.log_prob(val).mean()):.4f}")
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"
     try:
         pyflowcore.save(flow, out)
@@ -329,9 +355,10 @@ def cmd_fit(args):
 
 
 def cmd_sample(args):
-    flow = load_model(args.model)
+    device = _Device(args.device)
+    flow = device.flow(load_model(args.model))
     try:
-        x = flow.sample(args.n, rng=args.seed)
+        x = device.host(flow.sample(args.n, rng=args.seed))
     except (ValueError, OverflowError) as exc:
         # NumPy's "Maximum allowed dimension exceeded" for an -n past any array.
         raise UserError(f"cannot draw -n {args.n} samples of dim {flow.dim}: {exc}") from None
@@ -342,12 +369,13 @@ def cmd_sample(args):
 
 
 def cmd_log_prob(args):
-    flow = load_model(args.model)
+    device = _Device(args.device)
+    flow = device.flow(load_model(args.model))
     data = read_points(args.data)
     if data.shape[1] != flow.dim:
         raise UserError(f"data in {args.data!r} has {data.shape[1]} columns but the model has "
                         f"dim {flow.dim}")
-    values = flow.log_prob(data)
+    values = device.host(flow.log_prob(device.put(data)))
     write_array(values, args.out)
     if args.out is not None:
         _say(f"wrote {values.shape[0]} log-densities to {args.out} "
@@ -499,6 +527,11 @@ def _add_progress(p):
                    help="no progress bar")
 
 
+def _add_device(p):
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the flow runs (default %(default)s; cuda needs CuPy and a GPU)")
+
+
 def make_parser():
     spec_help = ("flow spec: layers applied to z in order, joined by '+'; NAME*COUNT repeats a "
                  "layer; names planar, radial, scale, shift, realnvp(masks=M,layers=L,units=U). "
@@ -540,6 +573,7 @@ def make_parser():
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument("--seed", type=_int_at_least(0), default=0,
                    help="initialisation and batch order, an integer >= 0 (default %(default)s)")
+    _add_device(p)
     _add_progress(p)
     p.set_defaults(run=cmd_fit)
 
@@ -550,6 +584,7 @@ def make_parser():
                    help=".npy or .csv (default: CSV on stdout)")
     p.add_argument("--seed", type=_int_at_least(0), default=None,
                    help="an integer >= 0 (default: a fresh random seed)")
+    _add_device(p)
     p.set_defaults(run=cmd_sample)
 
     p = sub.add_parser("log-prob", help="log-density of points under a saved model")
@@ -557,6 +592,7 @@ def make_parser():
     p.add_argument("data", metavar="DATA", help="(N, dim) points, .npy or .csv")
     p.add_argument("--out", default=None, metavar="FILE",
                    help=".npy or .csv (default: CSV on stdout)")
+    _add_device(p)
     p.set_defaults(run=cmd_log_prob)
     from pyflowcore import bench
     bench.add_arguments(sub.add_parser("bench", help=bench.HELP)).set_defaults(run=bench.run_args)

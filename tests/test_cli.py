@@ -257,6 +257,20 @@ def test_bad_flow_spec(spec, fragment, moons_files, capsys):
     assert_user_error(status, err, fragment)
 
 
+@pytest.mark.parametrize("command", ["fit", "sample", "log-prob"])
+def test_device_cuda_without_a_gpu(command, moons_files, capsys):
+    if pf.cuda_available():
+        pytest.skip("a GPU (or the CUDA emulator) is present")
+    _, tmp = moons_files
+    model = tmp / "m.npz"
+    pf.save(pf.Shift(2), model)
+    argv = {"fit": ["fit", tmp / "moons.csv", "--out", model],
+            "sample": ["sample", model, "-n", 3],
+            "log-prob": ["log-prob", model, tmp / "moons.csv"]}[command]
+    status, _, err = run(capsys, *argv, "--device", "cuda")
+    assert_user_error(status, err, "--device cuda: no usable GPU")
+
+
 def test_wrong_dimension_for_the_model(moons_files, capsys):
     _, tmp = moons_files
     model = tmp / "m.npz"

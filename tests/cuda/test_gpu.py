@@ -523,3 +523,26 @@ def test_fit_variational_wants_the_density_on_the_flows_device():
         return v, g
     with pytest.raises(TypeError, match="log_density.*'cuda'"):
         pf.fit_variational(gpu, on_host, 16, steps=1, progress=False)
+
+
+def test_command_line_on_the_gpu(tmp_path, capsys):
+    # fit, sample and log-prob with --device cuda give the CPU's results.
+    from pyflowcore.cli import main
+    x = pf.datasets.two_moons(300, rng=0)
+    np.save(tmp_path / "moons.npy", x)
+    outputs = {}
+    for device in ("cpu", "cuda"):
+        model = tmp_path / f"{device}.npz"
+        common = ["--device", device]
+        assert main(["fit", str(tmp_path / "moons.npy"), "--flow", "planar*2+scale+shift",
+                     "--steps", "15", "--validation-split", "0.2", "--out", str(model),
+                     "--no-progress", *common]) == 0
+        assert main(["sample", str(model), "-n", "20", "--seed", "4",
+                     "--out", str(tmp_path / f"s-{device}.npy"), *common]) == 0
+        assert main(["log-prob", str(model), str(tmp_path / "moons.npy"),
+                     "--out", str(tmp_path / f"lp-{device}.npy"), *common]) == 0
+        outputs[device] = [pf.load(model).params] + [
+            np.load(tmp_path / f"{kind}-{device}.npy") for kind in ("s", "lp")]
+    capsys.readouterr()
+    for got, want in zip(outputs["cuda"], outputs["cpu"]):
+        close(got, want, 1e-8)
