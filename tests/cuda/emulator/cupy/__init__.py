@@ -294,7 +294,9 @@ class RawModule:
         lib = stem.with_suffix(".so")
         with _compile_lock:
             if not lib.exists():
-                cpp = stem.with_suffix(".cpp")
+                # Per-process names, then an atomic rename: processes that
+                # compile the same module at once do not trip over each other.
+                cpp = stem.with_suffix(f".{os.getpid()}.cpp")
                 cpp.write_text(source)
                 tmp = stem.with_suffix(f".{os.getpid()}.so")
                 cmd = [os.environ.get("CXX", "g++"), "-std=c++17", "-O1", "-shared", "-fPIC",
