@@ -370,11 +370,13 @@ def test_large_batch(dtype):
 
 
 def every_method_matches_cpu(cpu, gpu, z, rtol=1e-11):
-    """The four kernels of float64 flows ``cpu`` and ``gpu`` (the same
-    parameters) agree on the points ``z`` and random cotangents."""
+    """The four kernels of flows ``cpu`` and ``gpu`` (the same parameters)
+    agree on the points ``z`` and random cotangents."""
     rng = np.random.default_rng(2)
+    z = z.astype(cpu.dtype)
     x = cpu.forward(z)[0]
-    g, gld = rng.standard_normal(z.shape), rng.standard_normal(len(z))
+    g = rng.standard_normal(z.shape).astype(cpu.dtype)
+    gld = rng.standard_normal(len(z)).astype(cpu.dtype)
     for name, args in (("forward", (z,)), ("inverse", (x,)), ("backward", (z, g, gld)),
                        ("inverse_backward", (x, g, gld))):
         for got, want in zip(getattr(gpu, name)(*map(cp.asarray, args)),
@@ -382,20 +384,27 @@ def every_method_matches_cpu(cpu, gpu, z, rtol=1e-11):
             close(got, want, rtol)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: pf.Chain([pf.Planar(64, rng=0), pf.Radial(64, rng=1), pf.ElementwiseScale(64)]),
-    lambda: pf.Chain([pf.Planar(200, rng=0), pf.Shift(200)]),
-    lambda: pf.CholeskyProduct(20),
-], ids=["rowwise-64", "rowwise-200", "cholesky-20"])
-def test_rows_too_wide_for_shared_memory_match_cpu(make):
-    # The thread regions leave shared memory for the global scratch buffer
-    # (64: the VJPs' regions; 200 and the 210 entries of n = 20: all of them).
-    cpu = make()
+@pytest.mark.parametrize("make,dtype", [
+    (lambda dt: pf.Chain([pf.Planar(64, rng=0, dtype=dt), pf.Radial(64, rng=1, dtype=dt),
+                          pf.ElementwiseScale(64, dtype=dt)]), "float64"),
+    (lambda dt: pf.Chain([pf.Planar(200, rng=0, dtype=dt), pf.Shift(200, dtype=dt)]), "float64"),
+    (lambda dt: pf.CholeskyProduct(20, dtype=dt), "float64"),
+    (lambda dt: pf.Chain([pf.Planar(128, rng=0, dtype=dt), pf.Radial(128, rng=1, dtype=dt)]),
+     "float32"),
+    (lambda dt: pf.Chain([pf.Planar(400, rng=0, dtype=dt), pf.Shift(400, dtype=dt)]), "float32"),
+    (lambda dt: pf.CholeskyProduct(28, dtype=dt), "float32"),
+], ids=["rowwise-64", "rowwise-200", "cholesky-20", "rowwise-128-f32", "rowwise-400-f32",
+        "cholesky-28-f32"])
+def test_rows_too_wide_for_shared_memory_match_cpu(make, dtype):
+    # The thread regions leave shared memory for the global scratch buffer:
+    # the VJPs' regions (64 entries in float64, 128 in float32), or all of them
+    # (200 and the 210 entries of n = 20; 400 and the 406 of n = 28 in float32).
+    cpu = make(dtype)
     if cpu.num_params:
         cpu.params[:] = np.random.default_rng(0).uniform(-0.3, 0.3, cpu.num_params)
-    gpu = make().set_params(cpu.params).to("cuda")
+    gpu = make(dtype).set_params(cpu.params).to("cuda")
     z = np.random.default_rng(1).standard_normal((300, cpu.dim)) * 0.5
-    every_method_matches_cpu(cpu, gpu, z)
+    every_method_matches_cpu(cpu, gpu, z, RTOL_CPU[dtype] if dtype == "float32" else 1e-11)
 
 
 @pytest.mark.parametrize("flow_kind", ["chain", "realnvp"])
