@@ -1,5 +1,7 @@
 """Device discovery and moving flows between CPU and GPU."""
 
+from pyflowcore._validation import to_host
+
 
 def cuda_available():
     """Whether CuPy is importable and sees at least one CUDA device.
@@ -38,8 +40,7 @@ def move_flow(flow, device):
         else:
             flow._gpu = engine_for(flow)
     else:
-        import cupy
-        _rebind(flow, cupy.asnumpy(flow._params), "cpu")
+        _rebind(flow, to_host(flow._params), "cpu")
         for f in (flow, *_layers(flow)):
             f._gpu = None
         if _layers(flow):

@@ -40,6 +40,11 @@ def array_module(device):
     return cupy
 
 
+def to_host(a):
+    """``a`` as a NumPy array: a copy from the GPU for a CuPy array, else ``a``."""
+    return a.get() if _is_cupy(a) else a
+
+
 def _is_cupy(a):
     """Whether ``a`` is a CuPy array, told without importing CuPy."""
     return type(a).__module__.partition(".")[0] == "cupy"
@@ -123,7 +128,7 @@ def as_points(a, name, dim, dtype, device="cpu"):
             and a.shape[1] == dim and a.flags.c_contiguous):
         return a, False  # the common case, kept cheap for small batches
     arr = as_real_array(a, name, dtype, device)
-    xp = np if device == "cpu" else array_module(device)
+    xp = array_module(device)
     if arr.ndim == 1 and arr.shape[0] == dim:
         return xp.ascontiguousarray(arr[None, :], dtype=dtype), True
     if arr.ndim != 2 or arr.shape[1] != dim:
@@ -137,7 +142,7 @@ def as_grad_log_det(g, n, dtype, single, device="cpu"):
     ``None`` stands for zero.  Returns a C-contiguous ``(N,)`` array.  On
     ``"cuda"`` a Python or NumPy scalar is accepted as well as a CuPy array.
     """
-    xp = np if device == "cpu" else array_module(device)
+    xp = array_module(device)
     if g is None:
         return xp.zeros(n, dtype=dtype)
     if device != "cpu" and not _is_cupy(g) and not isinstance(g, np.ndarray) and np.ndim(g) == 0:
@@ -152,7 +157,7 @@ def as_grad_log_det(g, n, dtype, single, device="cpu"):
 
 def as_cotangent(g, name, shape, dtype, device="cpu"):
     """Validate a gradient with respect to points; ``None`` stands for zero."""
-    xp = np if device == "cpu" else array_module(device)
+    xp = array_module(device)
     if g is None:
         return xp.zeros(shape, dtype=dtype)
     arr = as_real_array(g, name, dtype, device)
@@ -170,7 +175,7 @@ def check_out(out, shapes, dtype, device="cpu"):
     ``dtype``, C-contiguous, writable and of the expected shape, and no two
     may overlap; the tuple is returned.  ``None`` allocates fresh arrays.
     """
-    xp = np if device == "cpu" else array_module(device)
+    xp = array_module(device)
     if out is None:
         return tuple(xp.empty(s, dtype=dtype) for s in shapes)
     if not isinstance(out, tuple) or len(out) != len(shapes):

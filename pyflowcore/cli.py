@@ -41,6 +41,8 @@ import warnings
 
 import numpy as np
 
+from pyflowcore._validation import array_module, to_host
+
 __all__ = ["main", "build_flow", "parse_flow_spec"]
 
 # name -> (class name in pyflowcore.flows, {spec key: constructor keyword})
@@ -286,38 +288,24 @@ def _say(*parts):
     print(*parts, flush=True)
 
 
-class _Device:
-    """``--device``: moves the flow and arrays there and results back."""
-
-    def __init__(self, name):
-        self.name = name
-        if name == "cuda":
-            import pyflowcore
-            if not pyflowcore.cuda_available():
-                raise UserError("--device cuda: no usable GPU (needs CuPy and an NVIDIA GPU)")
-            import cupy
-            self._xp = cupy
-
-    def flow(self, flow):
-        return flow.to(self.name)
-
-    def put(self, arr):
-        return arr if self.name == "cpu" else self._xp.asarray(arr)
-
-    def host(self, arr):
-        return arr if self.name == "cpu" else self._xp.asnumpy(arr)
+def _device(name):
+    """``--device``: its array module (the arrays' way there; ``to_host`` is
+    the way back), once a GPU is known to be usable."""
+    from pyflowcore import cuda_available
+    if name == "cuda" and not cuda_available():
+        raise UserError("--device cuda: no usable GPU (needs CuPy and an NVIDIA GPU)")
+    return array_module(name)
 
 
 def cmd_fit(args):
     import pyflowcore
-    device = _Device(args.device)
+    xp = _device(args.device)
     data = read_points(args.data)
     n, dim = data.shape
     try:
-        flow = build_flow(args.flow, dim, dtype=args.dtype, rng=args.seed)
+        flow = build_flow(args.flow, dim, dtype=args.dtype, rng=args.seed).to(args.device)
     except (ValueError, TypeError) as exc:
         raise UserError(str(exc)) from None
-    device.flow(flow)
     _say(f"data: {n} points of dim {dim} from {args.data}")
     _say(f"flow: {args.flow} ({flow.num_params} parameters, {flow.dtype})")
     val = None
@@ -328,8 +316,8 @@ def cmd_fit(args):
             raise UserError(f"--validation-split {args.validation_split} leaves no training or "
                             f"validation points for {n} points")
         val, data = data[order[:n_val]], data[order[n_val:]]
-    data = device.put(data)
-    val = None if val is None else device.put(val)
+    data = xp.asarray(data)
+    val = None if val is None else xp.asarray(val)
     kwargs = dict(steps=args.steps, progress=_progress(args))
     if args.method == "adam":
         kwargs.update(learning_rate=args.lr, batch_size=args.batch_size, rng=args.seed)
@@ -355,10 +343,10 @@ def cmd_fit(args):
 
 
 def cmd_sample(args):
-    device = _Device(args.device)
-    flow = device.flow(load_model(args.model))
+    _device(args.device)
+    flow = load_model(args.model).to(args.device)
     try:
-        x = device.host(flow.sample(args.n, rng=args.seed))
+        x = to_host(flow.sample(args.n, rng=args.seed))
     except (ValueError, OverflowError) as exc:
         # NumPy's "Maximum allowed dimension exceeded" for an -n past any array.
         raise UserError(f"cannot draw -n {args.n} samples of dim {flow.dim}: {exc}") from None
@@ -369,13 +357,13 @@ def cmd_sample(args):
 
 
 def cmd_log_prob(args):
-    device = _Device(args.device)
-    flow = device.flow(load_model(args.model))
+    xp = _device(args.device)
+    flow = load_model(args.model).to(args.device)
     data = read_points(args.data)
     if data.shape[1] != flow.dim:
         raise UserError(f"data in {args.data!r} has {data.shape[1]} columns but the model has "
                         f"dim {flow.dim}")
-    values = device.host(flow.log_prob(device.put(data)))
+    values = to_host(flow.log_prob(xp.asarray(data)))
     write_array(values, args.out)
     if args.out is not None:
         _say(f"wrote {values.shape[0]} log-densities to {args.out} "

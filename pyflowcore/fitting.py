@@ -36,7 +36,8 @@ import time
 
 import numpy as np
 
-from pyflowcore._validation import array_module, as_real_array, check_positive_int, check_rng
+from pyflowcore._validation import (
+    array_module, as_real_array, check_positive_int, check_rng, to_host)
 
 __all__ = ["FitResult", "fit", "fit_variational", "elbo", "nll_and_grad", "kl_and_grad"]
 
@@ -554,23 +555,20 @@ def _run_lbfgs(flow, loss_and_grad, maxiter, options, callback, progress, desc, 
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
     opts = {"maxiter": maxiter, **(options or {})}
-    # SciPy works on the host in float64; a flow on the GPU gets the
-    # parameters and returns the gradient through these two.
+    # SciPy works on the host in float64: a flow on the GPU gets the
+    # parameters through put and returns the gradient through to_host.
     xp = array_module(flow.device)
     dtype = flow.dtype
 
     def put(theta):
         flow.params[...] = xp.asarray(theta.astype(dtype, copy=False))
 
-    def host(a):
-        return a if xp is np else xp.asnumpy(a)
-
-    best = {"value": math.inf, "theta": host(flow.params).astype(np.float64)}
+    best = {"value": math.inf, "theta": to_host(flow.params).astype(np.float64)}
 
     def fun(theta):
         put(theta)
         value, grad = loss_and_grad()
-        grad = host(grad).astype(np.float64)
+        grad = to_host(grad).astype(np.float64)
         if not (math.isfinite(value) and np.all(np.isfinite(grad))):
             # An infinite value makes the line search back off.
             return math.inf, np.zeros_like(grad)

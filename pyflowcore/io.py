@@ -24,6 +24,8 @@ import zlib
 
 import numpy as np
 
+from pyflowcore._validation import to_host
+
 FORMAT_VERSION = 1
 
 # Chains nested in a spec.  ``save`` writes flat chains (``Chain`` splices its
@@ -160,10 +162,7 @@ def save(flow, path):
         raise TypeError(f"save expects a pyflowcore Flow, got {type(flow).__name__}")
     arch = json.dumps({"format": "pyflowcore", "version": FORMAT_VERSION,
                        "flow": flow_to_spec(flow)})
-    params = flow.params
-    if flow.device != "cpu":
-        params = params.get()
-    np.savez(os.fspath(path), architecture=np.array(arch), params=np.asarray(params))
+    np.savez(os.fspath(path), architecture=np.array(arch), params=to_host(flow.params))
 
 
 def load(path):

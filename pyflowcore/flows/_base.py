@@ -277,7 +277,7 @@ class Flow:
         ndarray of shape (N,) or ()
         """
         z, single = as_points(z, "z", self.dim, self.dtype, self.device)
-        xp = np if self.device == "cpu" else array_module(self.device)
+        xp = array_module(self.device)
         log_p = -0.5 * xp.einsum("ij,ij->i", z, z) - self.dim * self.dtype.type(_HALF_LOG_2PI)
         return log_p.reshape(()) if single else log_p
 
@@ -359,31 +359,26 @@ class Flow:
     # layer's VJP reads w while it sums dL/dw), is replaced by a fresh one;
     # _result and _grad_result copy it in.
     def _outputs(self, out, single, n):
-        if out is None:
-            return check_out(out, [(n, self.dim), (n,)], self.dtype, self.device)
-        if single:
-            out = check_out(out, [(self.dim,), ()], self.dtype, self.device)
-            return self._apart(out[0].reshape(1, self.dim), out[1].reshape(1))
-        return self._apart(*check_out(out, [(n, self.dim), (n,)], self.dtype, self.device))
+        return self._out_arrays(out, single, [(n, self.dim), (n,)], [(self.dim,), ()])
 
     def _grad_outputs(self, out, single, n):
-        if out is None:
-            return check_out(out, [(n, self.dim), (self.num_params,)], self.dtype, self.device)
-        if single:
-            out = check_out(out, [(self.dim,), (self.num_params,)], self.dtype, self.device)
-            return self._apart(out[0].reshape(1, self.dim), out[1])
-        return self._apart(*check_out(out, [(n, self.dim), (self.num_params,)], self.dtype,
-                                      self.device))
+        return self._out_arrays(out, single, [(n, self.dim), (self.num_params,)],
+                                [(self.dim,), (self.num_params,)])
 
-    def _apart(self, *arrays):
-        xp = np if self.device == "cpu" else array_module(self.device)
-        return tuple(xp.empty_like(a) if xp.may_share_memory(a, self._params) else a
-                     for a in arrays)
+    def _out_arrays(self, out, single, shapes, single_shapes):
+        """``shapes``: the kernels' arrays (``n`` = 1 for one point, whose out=
+        arrays have ``single_shapes`` and are viewed in ``shapes``)."""
+        if out is None:
+            return check_out(out, shapes, self.dtype, self.device)
+        out = check_out(out, single_shapes if single else shapes, self.dtype, self.device)
+        xp = array_module(self.device)
+        return tuple(xp.empty_like(w) if xp.may_share_memory(w, self._params) else w
+                     for w in (o.reshape(shape) for o, shape in zip(out, shapes)))
 
     @staticmethod
     def _result(single, points, log_det, out):
         # The out= arrays themselves where given (for one point, points and
-        # log_det are views into them, or fresh arrays: _apart), else the
+        # log_det are views into them, or fresh arrays: _out_arrays), else the
         # row of one point.
         if out is not None:
             return filled(out, (points, log_det))
@@ -416,8 +411,8 @@ def separate(a, outs, alias=None):
 
 def filled(out, written):
     """The ``out=`` arrays as a tuple, each filled from the array the kernels
-    wrote for it where that was a fresh one (``Flow._apart``) rather than the
-    array itself or a view into it."""
+    wrote for it where that was a fresh one (``Flow._out_arrays``) rather
+    than the array itself or a view into it."""
     for o, w in zip(out, written):
         xp = np if isinstance(o, np.ndarray) else array_module("cuda")
         if not xp.may_share_memory(o, w):
